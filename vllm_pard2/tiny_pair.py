@@ -114,8 +114,10 @@ def _hf_config(shape: ModelShape, vocab_size: int, eos_id: int, pad_id: int):
     raise ValueError(f"unknown architecture {shape.architecture!r}")
 
 
-def random_model(shape: ModelShape, vocab_size: int, eos_id: int, pad_id: int, seed: int):
-    """A random causal LM with a sharpened output head."""
+def random_model(
+    shape: ModelShape, vocab_size: int, eos_id: int, pad_id: int, seed: int, head_logit_std: float = HEAD_LOGIT_STD
+):
+    """A random causal LM whose output logits have about ``head_logit_std`` spread."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -123,7 +125,7 @@ def random_model(shape: ModelShape, vocab_size: int, eos_id: int, pad_id: int, s
     model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
     with torch.no_grad():
         head = model.get_output_embeddings().weight
-        head.normal_(0.0, HEAD_LOGIT_STD / shape.hidden_size**0.5)
+        head.normal_(0.0, head_logit_std / shape.hidden_size**0.5)
     return model.eval()
 
 

@@ -1,0 +1,36 @@
+"""The README's main job, ``examples/offline_pard2.py``, runs and reports pard2 as lossless."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "offline_pard2.py"
+TIMEOUT_S = 600
+
+
+def test_offline_example_runs(tiny_pair) -> None:
+    args = [
+        sys.executable,
+        str(EXAMPLE),
+        "--target", str(tiny_pair["target"]),
+        "--draft", str(tiny_pair["draft_copy"]),
+        "-k", "4",
+        "--num-prompts", "4",
+        "--max-tokens", "16",
+    ]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=TIMEOUT_S)
+    tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
+    assert proc.returncode == 0, f"example exited with {proc.returncode}:\n{tail}"
+
+    out = proc.stdout
+    assert "tau" in out and "identical" in out, tail
+    assert "bonus token counted" in out, tail
+    rows = [line.split() for line in out.splitlines() if line.startswith("pard2")]
+    assert len(rows) == 1, tail
+    tau, identical = rows[0][-2], rows[0][-1]
+    assert float(tau) > 1.0, tail  # draft_copy: the first draft position is accepted often
+    assert identical == "yes", tail

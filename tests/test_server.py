@@ -1,0 +1,315 @@
+"""End to end through the OpenAI-compatible server: ``vllm-pard2 serve``.
+
+Two servers run side by side on 127.0.0.1, one with pard2 speculation (small
+``--max-num-batched-tokens`` so long prompts take chunked prefill, prefix
+caching on) and one without; greedy outputs must be identical and the pard2
+server must export spec-decode metrics that the other lacks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from conftest import KV_CACHE_BYTES, MAX_MODEL_LEN
+
+openai = pytest.importorskip("openai")
+requests = pytest.importorskip("requests")
+prometheus_parser = pytest.importorskip("prometheus_client.parser")
+
+HEALTH_TIMEOUT_S = 240.0
+STOP_TIMEOUT_S = 30.0
+REQUEST_TIMEOUT_S = 120.0
+MODEL_NAME = "tiny"
+NUM_SPEC_TOKENS = 4
+MAX_NUM_BATCHED_TOKENS = 64
+MAX_TOKENS = 32
+
+_LONG_CODE = '''import os
+import sys
+from pathlib import Path
+
+
+def read_config(path: Path) -> dict:
+    """Read a key = value file into a dict, skipping comments."""
+    result = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            key, _, value = line.partition("=")
+'''
+
+PROMPTS = [
+    "def fib(n):",
+    "import os\n",
+    "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):",
+    # > MAX_NUM_BATCHED_TOKENS tokens: prefilled in several chunks.
+    _LONG_CODE,
+    # Shares a long prefix with the previous prompt: prefix-cache hits.
+    _LONG_CODE + "            result[key.strip()] = value.strip()\n    return result\n",
+    "for i in range(10):\n    if i % 2 == 0:\n        print(i)\n" * 4,
+]
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen
+    base_url: str
+    log_path: Path
+    log_file: IO[bytes]
+
+    def log_tail(self, num_lines: int = 80) -> str:
+        self.log_file.flush()
+        lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        return "\n".join(lines[-num_lines:])
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=f"{self.base_url}/v1",
+            api_key="EMPTY",
+            timeout=REQUEST_TIMEOUT_S,
+            max_retries=0,
+        )
+
+
+def _free_ports(count: int) -> list[int]:
+    """Distinct free ports on 127.0.0.1 (all bound at once, then released)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _serve_command() -> list[str]:
+    script = Path(sys.executable).parent / "vllm-pard2"
+    if script.exists():
+        return [str(script), "serve"]
+    return [sys.executable, "-m", "vllm_pard2.cli", "serve"]
+
+
+def _launch(name: str, target: Path, port: int, log_dir: Path, extra: list[str]) -> Server:
+    args = [
+        *_serve_command(),
+        str(target),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--served-model-name", MODEL_NAME,
+        "--dtype", "float32",
+        "--max-model-len", str(MAX_MODEL_LEN),
+        "--enforce-eager",
+        "--seed", "0",
+        "--kv-cache-memory-bytes", str(KV_CACHE_BYTES),
+        "--enable-prefix-caching",
+        *extra,
+    ]  # fmt: skip
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+    )
+    log_path = log_dir / f"{name}.log"
+    log_file = open(log_path, "wb")  # noqa: SIM115 - closed in _stop
+    log_file.write(("$ " + " ".join(args) + "\n").encode())
+    log_file.flush()
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,  # own process group: engine workers die with it
+    )
+    return Server(name, proc, f"http://127.0.0.1:{port}", log_path, log_file)
+
+
+def _wait_healthy(server: Server, deadline: float) -> None:
+    while True:
+        code = server.proc.poll()
+        if code is not None:
+            pytest.fail(
+                f"{server.name} server exited with code {code} before becoming healthy; "
+                f"log tail ({server.log_path}):\n{server.log_tail()}"
+            )
+        try:
+            if requests.get(f"{server.base_url}/health", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"{server.name} server not healthy after {HEALTH_TIMEOUT_S:.0f} s; "
+                f"log tail ({server.log_path}):\n{server.log_tail()}"
+            )
+        time.sleep(1.0)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _stop(server: Server) -> None:
+    """SIGTERM the server's process group; SIGKILL whatever is left after a timeout."""
+    pgid = server.proc.pid  # leader of its own session / process group
+    try:
+        if _group_alive(pgid):
+            os.killpg(pgid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while time.monotonic() < deadline and (server.proc.poll() is None or _group_alive(pgid)):
+                time.sleep(0.2)
+            if _group_alive(pgid):
+                os.killpg(pgid, signal.SIGKILL)
+        server.proc.wait(timeout=STOP_TIMEOUT_S)
+    except ProcessLookupError:
+        pass
+    finally:
+        server.log_file.close()
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_pair, tmp_path_factory) -> Iterator[dict[str, Server]]:
+    """Both servers, started concurrently; ``"pard2"`` and ``"nospec"``."""
+    log_dir = tmp_path_factory.mktemp("server_logs")
+    spec_config = json.dumps(
+        {
+            "method": "pard2",
+            "model": str(tiny_pair["draft_copy"]),
+            "num_speculative_tokens": NUM_SPEC_TOKENS,
+        }
+    )
+    pard2_port, nospec_port = _free_ports(2)
+    started: dict[str, Server] = {}
+    try:
+        started["pard2"] = _launch(
+            "pard2",
+            tiny_pair["target"],
+            pard2_port,
+            log_dir,
+            [
+                "--speculative-config", spec_config,
+                "--max-num-batched-tokens", str(MAX_NUM_BATCHED_TOKENS),
+            ],
+        )  # fmt: skip
+        started["nospec"] = _launch("nospec", tiny_pair["target"], nospec_port, log_dir, [])
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        for server in started.values():
+            _wait_healthy(server, deadline)
+        yield started
+    finally:
+        for server in started.values():
+            _stop(server)
+
+
+def _metric_families(server: Server) -> dict[str, Any]:
+    response = requests.get(f"{server.base_url}/metrics", timeout=10)
+    response.raise_for_status()
+    return {f.name: f for f in prometheus_parser.text_string_to_metric_families(response.text)}
+
+
+def _counter(families: dict[str, Any], name: str) -> float:
+    """Sum of a counter's ``_total`` samples (over engines / positions)."""
+    assert name in families, f"{name} missing from /metrics"
+    return sum(s.value for s in families[name].samples if s.name == f"{name}_total")
+
+
+def _complete(server: Server, prompts: list[str]) -> list[tuple[str, str]]:
+    response = server.client().completions.create(
+        model=MODEL_NAME, prompt=prompts, max_tokens=MAX_TOKENS, temperature=0.0
+    )
+    choices = sorted(response.choices, key=lambda c: c.index)
+    assert len(choices) == len(prompts)
+    return [(c.text, c.finish_reason) for c in choices]
+
+
+def test_prompts_cover_chunked_prefill(tiny_pair) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_pair["target"])
+    lengths = [len(tokenizer(p).input_ids) for p in PROMPTS]
+    assert max(lengths) > MAX_NUM_BATCHED_TOKENS, lengths
+    assert min(lengths) < MAX_NUM_BATCHED_TOKENS, lengths
+    assert max(lengths) + MAX_TOKENS <= MAX_MODEL_LEN, lengths
+
+
+def test_completions_match_no_speculation(servers) -> None:
+    expected = _complete(servers["nospec"], PROMPTS)
+    assert _complete(servers["pard2"], PROMPTS) == expected
+    # Again: prompts now hit the prefix cache (and run in a different batch).
+    assert _complete(servers["pard2"], PROMPTS) == expected
+    assert any(text for text, _ in expected)
+
+
+def test_streaming_chat_matches_no_speculation(servers) -> None:
+    messages = [
+        {"role": "user", "content": "Write a Python function that reverses a list."},
+    ]
+
+    def stream(server: Server) -> tuple[str, str | None]:
+        chunks = server.client().chat.completions.create(
+            model=MODEL_NAME,
+            messages=messages,
+            max_tokens=MAX_TOKENS,
+            temperature=0.0,
+            stream=True,
+        )
+        text, finish_reason = [], None
+        for chunk in chunks:
+            for choice in chunk.choices:
+                text.append(choice.delta.content or "")
+                finish_reason = choice.finish_reason or finish_reason
+        return "".join(text), finish_reason
+
+    expected = stream(servers["nospec"])
+    assert expected[0], "no-spec server streamed no text"
+    assert stream(servers["pard2"]) == expected
+
+
+def test_metrics_show_pard2_speculation(servers) -> None:
+    pard2 = servers["pard2"]
+    # Traffic of our own, whatever ran before; the second round hits the prefix cache.
+    for _ in range(2):
+        _complete(pard2, PROMPTS)
+
+    families = _metric_families(pard2)
+    drafts = _counter(families, "vllm:spec_decode_num_drafts")
+    accepted = _counter(families, "vllm:spec_decode_num_accepted_tokens")
+    assert drafts > 0
+    # The draft is the target's own weights: its first position is accepted often.
+    assert accepted > 0
+    positions = {
+        s.labels["position"]
+        for s in families["vllm:spec_decode_num_accepted_tokens_per_pos"].samples
+        if "position" in s.labels
+    }
+    assert len(positions) == NUM_SPEC_TOKENS
+    assert _counter(families, "vllm:prefix_cache_hits") > 0
+
+    assert "method='pard2'" in pard2.log_path.read_text(encoding="utf-8", errors="replace")
+
+    nospec = _metric_families(servers["nospec"])
+    assert "vllm:generation_tokens" in nospec  # its metrics endpoint works...
+    assert not [name for name in nospec if name.startswith("vllm:spec_decode")]
