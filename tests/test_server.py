@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import openai
+import prometheus_client.parser as prometheus_parser
 import pytest
+import requests
 
 from conftest import KV_CACHE_BYTES, MAX_MODEL_LEN
-
-openai = pytest.importorskip("openai")
-requests = pytest.importorskip("requests")
-prometheus_parser = pytest.importorskip("prometheus_client.parser")
 
 HEALTH_TIMEOUT_S = 240.0
 STOP_TIMEOUT_S = 30.0

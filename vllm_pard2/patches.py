@@ -13,8 +13,10 @@ predicates that gate the draft-model machinery answer true for pard2.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, get_args
 
 from vllm.logger import init_logger
@@ -44,6 +46,37 @@ def apply_all() -> None:
 
 def _is_pard2(spec: Any) -> bool:
     return spec is not None and getattr(spec, "method", None) == PARD2_METHOD
+
+
+@contextlib.contextmanager
+def _as_draft_model(spec: Any) -> Iterator[None]:
+    """Let vLLM code that compares method names see pard2 as "draft_model"
+    (with parallel drafting, which pard2 always uses)."""
+    spec.method = "draft_model"
+    spec.parallel_drafting = True
+    try:
+        yield
+    finally:
+        spec.method = PARD2_METHOD
+
+
+def _wrap_post_init(cls: type, spec_of: Callable[[Any], Any]) -> None:
+    """Run ``cls.__post_init__`` with a pard2 spec seen as draft_model, then
+    rebuild the pydantic dataclass so its validator calls the wrapper."""
+    import pydantic
+
+    original = cls.__post_init__
+
+    @functools.wraps(original)
+    def __post_init__(self) -> None:
+        spec = spec_of(self)
+        if not _is_pard2(spec):
+            return original(self)
+        with _as_draft_model(spec):
+            original(self)
+
+    cls.__post_init__ = __post_init__
+    pydantic.dataclasses.rebuild_dataclass(cls, force=True)
 
 
 def patch_speculative_method_literal() -> None:
@@ -79,23 +112,7 @@ def patch_speculative_post_init() -> None:
     """
     from vllm.config.speculative import SpeculativeConfig
 
-    original = SpeculativeConfig.__post_init__
-
-    @functools.wraps(original)
-    def __post_init__(self) -> None:
-        if not _is_pard2(self):
-            return original(self)
-        self.method = "draft_model"
-        self.parallel_drafting = True
-        try:
-            original(self)
-        finally:
-            self.method = PARD2_METHOD
-
-    SpeculativeConfig.__post_init__ = __post_init__
-    import pydantic
-
-    pydantic.dataclasses.rebuild_dataclass(SpeculativeConfig, force=True)
+    _wrap_post_init(SpeculativeConfig, lambda config: config)
 
 
 def patch_uses_draft_model() -> None:
@@ -126,23 +143,7 @@ def patch_vllm_config_post_init() -> None:
     """
     from vllm.config.vllm import VllmConfig
 
-    original = VllmConfig.__post_init__
-
-    @functools.wraps(original)
-    def __post_init__(self) -> None:
-        spec = self.speculative_config
-        if not _is_pard2(spec):
-            return original(self)
-        spec.method = "draft_model"
-        try:
-            original(self)
-        finally:
-            spec.method = PARD2_METHOD
-
-    VllmConfig.__post_init__ = __post_init__
-    import pydantic
-
-    pydantic.dataclasses.rebuild_dataclass(VllmConfig, force=True)
+    _wrap_post_init(VllmConfig, lambda config: config.speculative_config)
 
 
 def patch_use_v2_model_runner() -> None:
