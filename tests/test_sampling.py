@@ -11,7 +11,6 @@ must fail, which shows the test can see the deviation it guards against.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 
 import pytest
@@ -108,7 +107,6 @@ def test_detects_vllm_cpu_expand_bug(soft_pair, no_spec_samples, monkeypatch):
     """Without the fix the engine's expanded temperatures are garbage, and the
     later positions (the ones drafts touch) must fail the same test."""
     monkeypatch.setenv("VLLM_PARD2_CPU_EXPAND_FIX", "0")
-    assert os.environ["VLLM_PARD2_CPU_EXPAND_FIX"] == "0"
     got = sample(soft_pair["target"], pard2_spec(soft_pair))
     pv = p_values(got, no_spec_samples)
     threshold = FALSE_ALARM / len(pv)

@@ -48,6 +48,12 @@ def _is_pard2(spec: Any) -> bool:
     return spec is not None and getattr(spec, "method", None) == PARD2_METHOD
 
 
+def _requests_pard2(engine_args: Any) -> bool:
+    """True when an ``EngineArgs`` carries a pard2 speculative config dict."""
+    spec = engine_args.speculative_config
+    return isinstance(spec, dict) and spec.get("method") == PARD2_METHOD
+
+
 @contextlib.contextmanager
 def _as_draft_model(spec: Any) -> Iterator[None]:
     """Let vLLM code that compares method names see pard2 as "draft_model"
@@ -191,9 +197,8 @@ def patch_create_speculative_config() -> None:
 
     @functools.wraps(original)
     def create_speculative_config(self, *args, **kwargs):
-        spec = self.speculative_config
-        if isinstance(spec, dict) and spec.get("method") == PARD2_METHOD:
-            spec = {k.replace("-", "_"): v for k, v in spec.items()}
+        if _requests_pard2(self):
+            spec = {k.replace("-", "_"): v for k, v in self.speculative_config.items()}
             pard2_config.check_keys(spec, set(SpeculativeConfig.__dataclass_fields__) - internal)
             if spec.get("parallel_drafting") is False:
                 raise pard2_config.Pard2ConfigError(
@@ -278,8 +283,7 @@ def refuse_pard2(message: str) -> None:
 
     @functools.wraps(original)
     def create_speculative_config(self, *args, **kwargs):
-        spec = self.speculative_config
-        if isinstance(spec, dict) and spec.get("method") == PARD2_METHOD:
+        if _requests_pard2(self):
             raise RuntimeError(message)
         return original(self, *args, **kwargs)
 
