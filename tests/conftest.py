@@ -28,6 +28,21 @@ def tiny_pair(tmp_path_factory) -> dict[str, Path]:
     return build_tiny_pair(tmp_path_factory.mktemp("tiny_pair"))
 
 
+@pytest.fixture(scope="session")
+def prompts(tiny_pair) -> list[list[int]]:
+    from engines import make_prompts
+
+    return make_prompts(tiny_pair["target"])
+
+
+@pytest.fixture(scope="session")
+def baseline(tiny_pair, prompts):
+    """No-speculation results of every scenario in ``engines.run_engine``."""
+    from engines import run_engine
+
+    return run_engine(tiny_pair["target"], prompts, spec=None, enable_prefix_caching=True)
+
+
 def engine_kwargs(**overrides) -> dict:
     """Settings shared by every test engine: exact float32 greedy, small memory."""
     kwargs = dict(

@@ -43,6 +43,7 @@ class EngineRun:
     counters: dict[str, float] = field(default_factory=dict)
     per_pos: list[float] = field(default_factory=list)
     single: dict[str, float] = field(default_factory=dict)
+    mode: str | None = None  # resolved pard2_mode
 
 
 def spec_counters(llm) -> tuple[dict[str, float], list[float]]:
@@ -60,7 +61,7 @@ def run_engine(target: Path, prompts: list[list[int]], spec: dict | None, **over
     from vllm.inputs import TokensPrompt
 
     llm = LLM(model=str(target), speculative_config=spec, **engine_kwargs(**overrides))
-    run = EngineRun()
+    run = EngineRun(mode=getattr(llm.llm_engine.vllm_config.speculative_config, "pard2_mode", None))
     try:
         token_prompts = [TokensPrompt(prompt_token_ids=p) for p in prompts]
 

@@ -11,12 +11,12 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "offline_pard2.py"
 TIMEOUT_S = 600
 
 
-def test_offline_example_runs(tiny_pair) -> None:
+def test_offline_example_runs() -> None:
+    """The README's command as is: the embedded trained pair, no arguments
+    besides a smaller workload."""
     args = [
         sys.executable,
         str(EXAMPLE),
-        "--target", str(tiny_pair["target"]),
-        "--draft", str(tiny_pair["draft_copy"]),
         "-k", "4",
         "--num-prompts", "4",
         "--max-tokens", "16",
@@ -32,5 +32,5 @@ def test_offline_example_runs(tiny_pair) -> None:
     rows = [line.split() for line in out.splitlines() if line.startswith("pard2")]
     assert len(rows) == 1, tail
     tau, identical = rows[0][-2], rows[0][-1]
-    assert float(tau) > 1.0, tail  # draft_copy: the first draft position is accepted often
+    assert float(tau) > 1.5, tail  # the trained drafter's first drafts are mostly accepted
     assert identical == "yes", tail

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import MAX_MODEL_LEN
-from engines import BATCHED_MAX_TOKENS, PROMPT_LENGTHS, EngineRun, make_prompts, run_engine
+from engines import BATCHED_MAX_TOKENS, PROMPT_LENGTHS, EngineRun, run_engine
 
 # (k, draft): one engine each. draft_copy = target weights + pard_token;
 # draft_noisy = perturbed target (partial acceptance); the rest are small
@@ -24,19 +24,10 @@ PARD2_CONFIGS = [
     (8, "draft_noisy"),
     (4, "draft_qwen2"),
     (8, "draft_qwen3"),
+    (4, "draft_td"),  # PARD-2 target-dependent mode (auto picks it)
 ]
 CHUNK = 32  # max_num_batched_tokens: far below the longest prompts
 SCENARIOS = ("bs1", "batched", "aborted")
-
-
-@pytest.fixture(scope="module")
-def prompts(tiny_pair) -> list[list[int]]:
-    return make_prompts(tiny_pair["target"])
-
-
-@pytest.fixture(scope="module")
-def baseline(tiny_pair, prompts) -> EngineRun:
-    return run_engine(tiny_pair["target"], prompts, spec=None, enable_prefix_caching=True)
 
 
 _runs: dict[tuple, EngineRun] = {}
@@ -102,6 +93,13 @@ def test_abort_leaves_others_identical(pard2_run, baseline):
     assert_same_outputs(aborted[:3] + aborted[4:], baseline.outputs["bs1"][:3] + baseline.outputs["bs1"][4:8], "abort")
 
 
+def test_pard2_mode_resolved(pard2_run):
+    """auto picks target-dependent for the PARD-2 checkpoint (its projection
+    fits the target) and target-independent for plain PARD drafts."""
+    (_, draft), run = pard2_run
+    assert run.mode == ("target_dependent" if draft == "draft_td" else "target_independent")
+
+
 def test_drafts_were_made_and_verified(pard2_run):
     (k, _), run = pard2_run
     drafts = run.counters["vllm:spec_decode_num_drafts"]
@@ -131,9 +129,11 @@ def test_draft_equal_to_target_accepts_first_position(tiny_pair, prompts):
     assert run.counters["vllm:spec_decode_num_accepted_tokens"] > drafts
 
 
-def test_preemption_and_resumption(tiny_pair, prompts, baseline):
+@pytest.mark.parametrize("draft", ["draft_noisy", "draft_td"])
+def test_preemption_and_resumption(tiny_pair, prompts, baseline, draft):
     """A KV cache of 384 tokens for 18 requests of up to 256: the scheduler must
-    preempt and resume requests, with drafts in flight."""
-    run = get_run(tiny_pair, prompts, 4, "draft_noisy", kv_cache_memory_bytes=384 * 4096)
+    preempt and resume requests, with drafts in flight (for TD mode, resumed
+    requests restart their carried target features)."""
+    run = get_run(tiny_pair, prompts, 4, draft, kv_cache_memory_bytes=384 * 4096)
     assert run.counters.get("vllm:num_preemptions", 0) > 0, "the test did not force preemption"
     assert_same_outputs(run.outputs["batched"], baseline.outputs["bs1"], "pard2 under preemption")

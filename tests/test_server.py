@@ -9,28 +9,17 @@ server must export spec-decode metrics that the other lacks.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import openai
 import prometheus_client.parser as prometheus_parser
 import pytest
 import requests
 
 from conftest import KV_CACHE_BYTES, MAX_MODEL_LEN
+from server_utils import HEALTH_TIMEOUT_S, MODEL_NAME, Server, free_ports, launch, stop, wait_healthy
 
-HEALTH_TIMEOUT_S = 240.0
-STOP_TIMEOUT_S = 30.0
-REQUEST_TIMEOUT_S = 120.0
-MODEL_NAME = "tiny"
 NUM_SPEC_TOKENS = 4
 MAX_NUM_BATCHED_TOKENS = 64
 MAX_TOKENS = 32
@@ -63,132 +52,6 @@ PROMPTS = [
 ]
 
 
-@dataclass
-class Server:
-    name: str
-    proc: subprocess.Popen
-    base_url: str
-    log_path: Path
-    log_file: IO[bytes]
-
-    def log_tail(self, num_lines: int = 80) -> str:
-        self.log_file.flush()
-        lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-        return "\n".join(lines[-num_lines:])
-
-    def client(self) -> openai.OpenAI:
-        return openai.OpenAI(
-            base_url=f"{self.base_url}/v1",
-            api_key="EMPTY",
-            timeout=REQUEST_TIMEOUT_S,
-            max_retries=0,
-        )
-
-
-def _free_ports(count: int) -> list[int]:
-    """Distinct free ports on 127.0.0.1 (all bound at once, then released)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _serve_command() -> list[str]:
-    script = Path(sys.executable).parent / "vllm-pard2"
-    if script.exists():
-        return [str(script), "serve"]
-    return [sys.executable, "-m", "vllm_pard2.cli", "serve"]
-
-
-def _launch(name: str, target: Path, port: int, log_dir: Path, extra: list[str]) -> Server:
-    args = [
-        *_serve_command(),
-        str(target),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--served-model-name", MODEL_NAME,
-        "--dtype", "float32",
-        "--max-model-len", str(MAX_MODEL_LEN),
-        "--enforce-eager",
-        "--seed", "0",
-        "--kv-cache-memory-bytes", str(KV_CACHE_BYTES),
-        "--enable-prefix-caching",
-        *extra,
-    ]  # fmt: skip
-    env = dict(
-        os.environ,
-        HF_HUB_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONUNBUFFERED="1",
-    )
-    log_path = log_dir / f"{name}.log"
-    log_file = open(log_path, "wb")  # noqa: SIM115 - closed in _stop
-    log_file.write(("$ " + " ".join(args) + "\n").encode())
-    log_file.flush()
-    proc = subprocess.Popen(
-        args,
-        stdin=subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,  # own process group: engine workers die with it
-    )
-    return Server(name, proc, f"http://127.0.0.1:{port}", log_path, log_file)
-
-
-def _wait_healthy(server: Server, deadline: float) -> None:
-    while True:
-        code = server.proc.poll()
-        if code is not None:
-            pytest.fail(
-                f"{server.name} server exited with code {code} before becoming healthy; "
-                f"log tail ({server.log_path}):\n{server.log_tail()}"
-            )
-        try:
-            if requests.get(f"{server.base_url}/health", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"{server.name} server not healthy after {HEALTH_TIMEOUT_S:.0f} s; "
-                f"log tail ({server.log_path}):\n{server.log_tail()}"
-            )
-        time.sleep(1.0)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def _stop(server: Server) -> None:
-    """SIGTERM the server's process group; SIGKILL whatever is left after a timeout."""
-    pgid = server.proc.pid  # leader of its own session / process group
-    try:
-        if _group_alive(pgid):
-            os.killpg(pgid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_TIMEOUT_S
-            while time.monotonic() < deadline and (server.proc.poll() is None or _group_alive(pgid)):
-                time.sleep(0.2)
-            if _group_alive(pgid):
-                os.killpg(pgid, signal.SIGKILL)
-        server.proc.wait(timeout=STOP_TIMEOUT_S)
-    except ProcessLookupError:
-        pass
-    finally:
-        server.log_file.close()
-
-
 @pytest.fixture(scope="module")
 def servers(tiny_pair, tmp_path_factory) -> Iterator[dict[str, Server]]:
     """Both servers, started concurrently; ``"pard2"`` and ``"nospec"``."""
@@ -200,10 +63,11 @@ def servers(tiny_pair, tmp_path_factory) -> Iterator[dict[str, Server]]:
             "num_speculative_tokens": NUM_SPEC_TOKENS,
         }
     )
-    pard2_port, nospec_port = _free_ports(2)
+    pard2_port, nospec_port = free_ports(2)
+    common = dict(max_model_len=MAX_MODEL_LEN, kv_cache_bytes=KV_CACHE_BYTES)
     started: dict[str, Server] = {}
     try:
-        started["pard2"] = _launch(
+        started["pard2"] = launch(
             "pard2",
             tiny_pair["target"],
             pard2_port,
@@ -212,15 +76,16 @@ def servers(tiny_pair, tmp_path_factory) -> Iterator[dict[str, Server]]:
                 "--speculative-config", spec_config,
                 "--max-num-batched-tokens", str(MAX_NUM_BATCHED_TOKENS),
             ],
+            **common,
         )  # fmt: skip
-        started["nospec"] = _launch("nospec", tiny_pair["target"], nospec_port, log_dir, [])
+        started["nospec"] = launch("nospec", tiny_pair["target"], nospec_port, log_dir, [], **common)
         deadline = time.monotonic() + HEALTH_TIMEOUT_S
         for server in started.values():
-            _wait_healthy(server, deadline)
+            wait_healthy(server, deadline)
         yield started
     finally:
         for server in started.values():
-            _stop(server)
+            stop(server)
 
 
 def _metric_families(server: Server) -> dict[str, Any]:

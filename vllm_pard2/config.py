@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 PARD2_METHOD = "pard2"
+PARD2_MODES = ("auto", "target_dependent", "target_independent")
 SUPPORTED_VLLM_SERIES = "0.32."
 
 # Known mask ids of public PARD drafts, quoted in error messages.
@@ -59,6 +60,14 @@ def check_num_speculative_tokens(value: Any) -> None:
         raise Pard2ConfigError(
             f"pard2 'num_speculative_tokens' must be an integer >= 1, got {value!r}; "
             "use e.g. 8 (PARD-2's K=16 setting is 15 drafts)."
+        )
+
+
+def check_pard2_mode(value: Any) -> None:
+    if value is not None and value not in PARD2_MODES:
+        raise Pard2ConfigError(
+            f"pard2_mode must be one of {', '.join(repr(m) for m in PARD2_MODES)}, got {value!r}: 'auto' (default) "
+            "uses the target's hidden states when the draft's target_proj fits the target."
         )
 
 

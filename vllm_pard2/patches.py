@@ -24,7 +24,7 @@ from vllm.logger import init_logger
 from vllm_pard2 import config as pard2_config
 from vllm_pard2.config import PARD2_METHOD
 
-logger = init_logger(__name__)
+logger = init_logger(f"vllm.{__name__}")  # under "vllm": vLLM configures only that logger tree
 
 _applied = False
 
@@ -35,12 +35,15 @@ def apply_all() -> None:
         return
     _applied = True
     patch_speculative_method_literal()
+    patch_speculative_pard2_mode_field()
     patch_speculative_post_init()
+    patch_speculative_compute_hash()
     patch_uses_draft_model()
     patch_vllm_config_post_init()
     patch_use_v2_model_runner()
     patch_create_speculative_config()
     patch_draft_model_proposer_factory()
+    patch_aux_layers_from_config()
     patch_cpu_expand_batch_to_tokens()
 
 
@@ -108,6 +111,34 @@ def patch_speculative_method_literal() -> None:
     pydantic.dataclasses.rebuild_dataclass(cls, force=True)
 
 
+def patch_speculative_pard2_mode_field() -> None:
+    """``SpeculativeConfig`` fields: add ``pard2_mode``.
+
+    The config forbids extra keys, so ``{"pard2_mode": ...}`` needs a real
+    field (validated as a Literal, carried through pickling to the workers,
+    kept by ``dataclasses.replace``). The user's value is "auto" (default),
+    "target_dependent" or "target_independent"; after validation the field
+    holds the resolved mode.
+    """
+    import dataclasses
+
+    import pydantic
+    from vllm.config.speculative import SpeculativeConfig
+
+    from vllm_pard2.checkpoint import PARD2_MODES
+
+    cls = SpeculativeConfig
+    if "pard2_mode" in cls.__dataclass_fields__:
+        return
+    annotation = Literal[PARD2_MODES] | None  # type: ignore[valid-type]
+    field = dataclasses.field(default=None)
+    field.name, field.type, field._field_type = "pard2_mode", annotation, dataclasses._FIELD  # type: ignore[attr-defined]
+    cls.__dataclass_fields__["pard2_mode"] = field
+    cls.__annotations__["pard2_mode"] = annotation
+    cls.pard2_mode = None
+    pydantic.dataclasses.rebuild_dataclass(cls, force=True)
+
+
 def patch_speculative_post_init() -> None:
     """``SpeculativeConfig.__post_init__``.
 
@@ -119,6 +150,31 @@ def patch_speculative_post_init() -> None:
     from vllm.config.speculative import SpeculativeConfig
 
     _wrap_post_init(SpeculativeConfig, lambda config: config)
+
+
+def patch_speculative_compute_hash() -> None:
+    """``SpeculativeConfig.compute_hash``.
+
+    The hash keys vLLM's compile cache. Target-dependent pard2 makes the target
+    return intermediate hidden states (like EAGLE-3, which the original counts
+    by method name), so the mode and the captured layers must change the hash.
+    """
+    import hashlib
+
+    from vllm.config.speculative import SpeculativeConfig
+
+    original = SpeculativeConfig.compute_hash
+
+    @functools.wraps(original)
+    def compute_hash(self) -> str:
+        digest = original(self)
+        if not _is_pard2(self):
+            return digest
+        layers = getattr(self.draft_model_config.hf_config, "pard2_target_layers", None)
+        extra = f"{digest}|pard2|{self.pard2_mode}|{layers}"
+        return hashlib.sha256(extra.encode()).hexdigest()[:32]
+
+    SpeculativeConfig.compute_hash = compute_hash
 
 
 def patch_uses_draft_model() -> None:
@@ -206,15 +262,28 @@ def patch_create_speculative_config() -> None:
                     "(use method 'draft_model' for autoregressive drafting)."
                 )
             pard2_config.check_num_speculative_tokens(spec.get("num_speculative_tokens"))
+            pard2_config.check_pard2_mode(spec.get("pard2_mode"))
             pard2_config.check_draft_path(spec.get("model"))
+            if "draft_sample_method" not in spec:
+                # Lossless either way; drafting from q and handing q to the rejection
+                # sampler raises acceptance at temperature > 0 (greedy requests still
+                # draft argmax).
+                self.speculative_config = {**self.speculative_config, "draft_sample_method": "probabilistic"}
+        elif isinstance(self.speculative_config, dict) and "pard2_mode" in self.speculative_config:
+            raise pard2_config.Pard2ConfigError(
+                "'pard2_mode' applies to method 'pard2' only; remove it or set \"method\": \"pard2\"."
+            )
         result = original(self, *args, **kwargs)
         if _is_pard2(result):
+            from vllm_pard2.checkpoint import choose_mode
+
             pard2_config.check_draft_against_target(
                 result.draft_model_config.hf_config,
                 draft_vocab=result.draft_model_config.get_vocab_size(),
                 target_vocab=result.target_model_config.get_vocab_size(),
                 draft_name=str(result.model),
             )
+            result.pard2_mode = choose_mode(result)
         return result
 
     EngineArgs.create_speculative_config = create_speculative_config
@@ -243,6 +312,27 @@ def patch_draft_model_proposer_factory() -> None:
 
     DraftModelProposer.__new__ = __new__
     DraftModelProposer._pard2_factory = True
+
+
+def patch_aux_layers_from_config() -> None:
+    """``GPUModelRunner._get_eagle3_aux_layers_from_config``.
+
+    When the runner captures intermediate target states it asks this method
+    which layers to capture, reading EAGLE-3 keys of the draft config, and
+    falls back to EAGLE-3's default layers. In target-dependent mode the pard2
+    proposer already set the capture flag and knows the vLLM layer ids that
+    its ``pard2_target_layers`` map to; answer with those.
+    """
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    original = GPUModelRunner._get_eagle3_aux_layers_from_config
+
+    @functools.wraps(original)
+    def _get_eagle3_aux_layers_from_config(self):
+        layers = getattr(getattr(self, "drafter", None), "aux_layer_ids", None)
+        return layers if layers is not None else original(self)
+
+    GPUModelRunner._get_eagle3_aux_layers_from_config = _get_eagle3_aux_layers_from_config
 
 
 def patch_cpu_expand_batch_to_tokens() -> None:

@@ -29,6 +29,11 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# The TD draft's feature path (see `_td_draft`).
+TD_TARGET_LAYERS = [-1, -2, -4]
+TD_SCALE = 0.02
+TD_PROJ_STD = 0.005
+
 # Logit standard deviation of the sharpened heads: top-1/top-2 gaps of several
 # units, far above float32 reduction-order noise.
 HEAD_LOGIT_STD = 10.0
@@ -141,6 +146,36 @@ def save_model(model, tokenizer, out_dir: Path, extra_config: dict | None = None
     return out_dir
 
 
+def save_pard2_draft(
+    model,
+    tokenizer,
+    out_dir: Path,
+    pard_token: int,
+    target_layers: list[int],
+    target_hidden: int,
+    proj_weight: torch.Tensor,
+    scale: float,
+    proj_bias: torch.Tensor | None = None,
+) -> Path:
+    """A draft in the published PARD-2 layout: HF checkpoint with the pard2
+    config keys, plus ``warp_model.bin`` holding ``target_proj``."""
+    config = {
+        "pard2": True,
+        "spd_type": "pard2",
+        "pard_token": pard_token,
+        "pard2_scale": scale,
+        "pard2_proj_bias": proj_bias is not None,
+        "pard2_target_dim": len(target_layers) * target_hidden,
+        "pard2_target_layers": list(target_layers),
+    }
+    save_model(model, tokenizer, out_dir, config)
+    state = {"target_proj.weight": proj_weight.contiguous()}
+    if proj_bias is not None:
+        state["target_proj.bias"] = proj_bias.contiguous()
+    torch.save(state, out_dir / "warp_model.bin")
+    return out_dir
+
+
 def perturbed_copy(model, noise: float, seed: int):
     """The target with relative Gaussian noise on every weight: a draft that
     agrees with it often but not always."""
@@ -160,7 +195,8 @@ def build_tiny_pair(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     Names: ``target``; ``draft_copy`` (target weights + pard_token: near-full
     acceptance of draft position 1); ``draft_noisy`` (perturbed target: partial
     acceptance); ``draft_llama``, ``draft_qwen2``, ``draft_qwen3`` (small random
-    drafts of each supported architecture).
+    drafts of each supported architecture); ``draft_td`` (a PARD-2 draft in the
+    published layout, ``warp_model.bin`` included, for target-dependent mode).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -178,7 +214,22 @@ def build_tiny_pair(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     for i, (name, shape) in enumerate(DRAFT_SHAPES.items()):
         model = random_model(shape, vocab_size, eos_id, pad_id, seed + 10 + i)
         paths[f"draft_{name}"] = save_model(model, tokenizer, out / f"draft_{name}", pard)
+    paths["draft_td"] = _td_draft(target, tokenizer, out / "draft_td", pard["pard_token"], seed + 20)
     return paths
+
+
+def _td_draft(target, tokenizer, out_dir: Path, pard_token: int, seed: int) -> Path:
+    """A PARD-2 draft (target weights + a small random target_proj): the
+    features change most drafts (a random model is very sensitive to its input)
+    while about half of the first drafts still match the target, so steps with
+    partial acceptance occur. Layers [-1, -2, -4] exercise the final norm (-1)
+    and the reordering of vLLM's ascending capture."""
+    layers = TD_TARGET_LAYERS
+    hidden = TARGET_SHAPE.hidden_size
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(hidden, len(layers) * hidden, generator=generator) * TD_PROJ_STD
+    bias = torch.randn(hidden, generator=generator) * TD_PROJ_STD
+    return save_pard2_draft(target, tokenizer, out_dir, pard_token, layers, hidden, weight, TD_SCALE, bias)
 
 
 def main() -> None:

@@ -1,0 +1,155 @@
+"""Unit tests of the training layout and losses against hand-computed values (pure torch, no engine)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vllm_pard2.train.config import TrainConfigError, config_from_dict
+from vllm_pard2.train.layout import (
+    IGNORE_INDEX,
+    BlockLayout,
+    cat_weights,
+    cod_keep_counts,
+    sample_cod_positions,
+)
+from vllm_pard2.train.losses import kd_per_row, pard2_loss, token_mean_ce, weighted_mean
+
+
+def full_layout(seq_len: int, para_num: int) -> BlockLayout:
+    return BlockLayout.from_kept(sample_cod_positions(seq_len, para_num, ratio=1.0, min_ratio=0.0))
+
+
+def test_cod_keep_counts_follow_the_rule():
+    # n_d = int(L * max(r^d, r_min)): 10*0.5 = 5, 10*0.25 = 2, 10*max(0.125, 0.2) = 2
+    assert cod_keep_counts(10, 4, 0.5, 0.2) == [10, 5, 2, 2]
+
+
+def test_full_layout_on_tiny_example():
+    layout = full_layout(seq_len=4, para_num=3)
+    # depth 0: positions 0..3; depth 1: 1..2 (position 3 would predict x_4); depth 2: 2
+    assert layout.depth.tolist() == [0, 0, 0, 0, 1, 1, 2]
+    assert layout.position.tolist() == [0, 1, 2, 3, 1, 2, 2]
+    expected = torch.tensor(
+        [
+            # keys: r0 r1 r2 r3 m1@1 m1@2 m2@2
+            [1, 0, 0, 0, 0, 0, 0],  # x0
+            [1, 1, 0, 0, 0, 0, 0],  # x1
+            [1, 1, 1, 0, 0, 0, 0],  # x2
+            [1, 1, 1, 1, 0, 0, 0],  # x3
+            [1, 0, 0, 0, 1, 0, 0],  # mask depth 1 pos 1: sees x0, itself -> predicts x2
+            [1, 1, 0, 0, 0, 1, 0],  # mask depth 1 pos 2: sees x0 x1, itself -> predicts x3
+            [1, 0, 0, 0, 1, 0, 1],  # mask depth 2 pos 2: sees x0, mask d1@1, itself -> predicts x3
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(layout.attention_allowed(), expected)
+    tokens = torch.tensor([10, 11, 12, 13])
+    assert layout.input_ids(tokens, mask_id=99).tolist() == [10, 11, 12, 13, 99, 99, 99]
+    everything = torch.ones(4, dtype=torch.bool)
+    assert layout.labels(tokens, everything).tolist() == [11, 12, 13, IGNORE_INDEX, 12, 13, 13]
+    # only x3 is a label (e.g. the response starts at x3)
+    only_last = torch.tensor([False, False, False, True])
+    assert layout.labels(tokens, only_last).tolist() == [IGNORE_INDEX, IGNORE_INDEX, 13, IGNORE_INDEX] + [
+        IGNORE_INDEX,
+        13,
+        13,
+    ]
+    # feat[j-1-d]: block 0 pairs x_j with feat[j-1]; masks carry their last real token's feature
+    assert layout.feature_index().tolist() == [-1, 0, 1, 2, -1, 0, -1]
+
+
+def test_cod_keeps_every_chain_and_respects_counts():
+    gen = torch.Generator().manual_seed(0)
+    seq_len, para_num = 50, 8
+    kept = sample_cod_positions(seq_len, para_num, 0.7, 0.2, gen)
+    counts = cod_keep_counts(seq_len, para_num, 0.7, 0.2)
+    assert kept[0].tolist() == list(range(seq_len))
+    for depth in range(1, len(kept)):
+        assert len(kept[depth]) <= counts[depth]
+        previous = set(kept[depth - 1].tolist())
+        assert all(j - 1 in previous for j in kept[depth].tolist()), "a kept mask lost its chain"
+        assert int(kept[depth].max()) <= seq_len - 2
+    # the paper's 3.4x figure for r=0.7, r_min=0.2, K=8 (minus the few positions that never have a label)
+    total = sum(len(k) for k in kept) / seq_len
+    assert 3.0 < total < 3.4
+
+
+def test_cat_weights_hand_computed():
+    layout = full_layout(seq_len=5, para_num=3)
+    tokens = torch.tensor([10, 11, 12, 13, 14])
+    labels = layout.labels(tokens, torch.ones(5, dtype=torch.bool))
+    p = torch.tensor([1.0, 0.5, 0.4, 0.3, 0.2])  # p_t = P_target(x_t | x_<t); p_0 unused
+    w = cat_weights(layout, p.log(), labels)
+    # depth 0: 1 (0 on the ignored last label); depth 1 at j: p_j; depth 2 at j: p_{j-1} p_j
+    expected = [1, 1, 1, 1, 0] + [0.5, 0.4, 0.3] + [0.5 * 0.4, 0.4 * 0.3]
+    assert w.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_kd_term_hand_computed():
+    teacher = torch.tensor([[math.log(0.75), math.log(0.25)]])
+    student = torch.tensor([[0.0, 0.0]])
+    # T=1: KL(p||q) = 0.75 ln(0.75/0.5) + 0.25 ln(0.25/0.5)
+    kl = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    assert kd_per_row(student, teacher, 1.0).item() == pytest.approx(kl, rel=1e-6)
+    # T=2 scales logits by 1/2 and the result by T^2 = 4
+    p = torch.softmax(teacher / 2, -1)[0]
+    kl2 = float((p * (p.log() - math.log(0.5))).sum())
+    assert kd_per_row(student, teacher, 2.0).item() == pytest.approx(4 * kl2, rel=1e-6)
+
+
+def test_weighted_losses_hand_computed():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    ce = [-math.log(math.exp(2) / (math.exp(2) + 1)), math.log(2)]
+    assert token_mean_ce(logits, labels).item() == pytest.approx(sum(ce) / 2, rel=1e-6)
+    weights = torch.tensor([1.0, 0.25])
+    assert weighted_mean(torch.tensor(ce), weights).item() == pytest.approx((ce[0] + 0.25 * ce[1]) / 1.25)
+    teacher = logits.clone()  # identical distributions: KD = 0, loss = ce_alpha * CE_w
+    loss, parts = pard2_loss(logits, labels, teacher, weights, ce_alpha=0.1, kd_alpha=1.0, temperature=1.0)
+    assert parts["kd_w"] == pytest.approx(0.0, abs=1e-7)
+    assert loss.item() == pytest.approx(0.1 * (ce[0] + 0.25 * ce[1]) / 1.25, rel=1e-6)
+
+
+def test_packed_layout_matches_plain_inference_forward():
+    """The logits of entry (depth d, position j) equal a plain causal forward of
+    x_0..x_{j-d} followed by d masks, i.e. what the draft sees at inference."""
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    from vllm_pard2.train.layout import additive_mask
+
+    torch.manual_seed(0)
+    cfg = Qwen3Config(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+    )
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    mask_id, tokens = 63, torch.randint(0, 60, (12,))
+    layout = BlockLayout.from_kept(sample_cod_positions(12, 4, 0.7, 0.3, torch.Generator().manual_seed(1)))
+    mask = additive_mask(layout.attention_allowed(), torch.float32)[None, None]
+    with torch.no_grad():
+        packed = model(
+            input_ids=layout.input_ids(tokens, mask_id)[None], attention_mask=mask, position_ids=layout.position[None]
+        ).logits[0]
+        for row, (d, j) in enumerate(zip(layout.depth.tolist(), layout.position.tolist(), strict=True)):
+            plain = torch.cat([tokens[: j - d + 1], torch.full((d,), mask_id)])
+            expected = model(input_ids=plain[None]).logits[0, -1]
+            torch.testing.assert_close(packed[row], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_config_validation_lists_every_problem(tmp_path):
+    with pytest.raises(TrainConfigError, match="did you mean 'para_num'"):
+        config_from_dict({"objective": "pard", "output_dir": "o", "data": [], "para_nm": 4}, tmp_path)
+    (tmp_path / "d.jsonl").write_text('{"text": "x = 1"}\n')
+    with pytest.raises(TrainConfigError) as err:
+        config_from_dict({"objective": "pard2", "output_dir": "o", "data": "d.jsonl", "cod_ratio": 2}, tmp_path)
+    message = str(err.value)
+    for fragment in ("target_model", "cod_ratio", "init_model / model"):
+        assert fragment in message

@@ -1,0 +1,174 @@
+"""Smoke test of the trainer: each objective trains a few steps on a tiny slice,
+exports the plugin layout, and the PARD / PARD-2 results run in vLLM with pard2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from vllm_pard2.train.config import config_from_dict
+from vllm_pard2.train.trainer import Trainer
+
+from conftest import engine_kwargs, shutdown
+from engines import spec_counters
+
+FRESH_SHAPE = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=16
+)
+PROMPTS = 3
+MAX_TOKENS = 16
+
+
+@pytest.fixture(scope="module")
+def slice_data(tiny_pair, tmp_path_factory) -> Path:
+    """24 prompt/response records cut from stdlib source (token ids of the tiny tokenizer)."""
+    from transformers import AutoTokenizer
+
+    from vllm_pard2.tiny_pair import stdlib_corpus
+
+    tok = AutoTokenizer.from_pretrained(tiny_pair["target"])
+    ids = tok("\n".join(stdlib_corpus(3)), add_special_tokens=False)["input_ids"]
+    path = tmp_path_factory.mktemp("train_data") / "slice.jsonl"
+    with path.open("w") as fh:
+        for i in range(24):
+            chunk = ids[i * 40 : (i + 1) * 40]
+            fh.write(json.dumps({"prompt_ids": chunk[:8], "response_ids": chunk[8:]}) + "\n")
+    return path
+
+
+def train(tmp_path: Path, data: Path, **fields) -> tuple[Path, dict]:
+    raw = dict(output_dir=str(tmp_path), data=[str(data)], seq_len=40, batch_size=4, steps=2, lr=1e-3)
+    raw.update(fields)
+    return tmp_path, Trainer(config_from_dict(raw)).train()
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_pair, slice_data, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("trained")
+    common = dict(init_model=str(tiny_pair["draft_qwen3"]), para_num=4, cod_ratio=0.7, cod_min_ratio=0.2)
+    pard, _ = train(out / "pard", slice_data, objective="pard", **common)
+    pard2, _ = train(
+        out / "pard2",
+        slice_data,
+        objective="pard2",
+        target_model=str(tiny_pair["target"]),
+        pard2_target_layers=[-1, -2],
+        target_feat_mask=0.5,
+        **common,
+    )
+    return {"pard": pard, "pard2": pard2}
+
+
+def test_ar_cli_trains_a_fresh_model_and_resumes(tiny_pair, slice_data, tmp_path):
+    cfg = dict(
+        objective="ar",
+        output_dir="ar",
+        tokenizer=str(tiny_pair["target"]),
+        model=FRESH_SHAPE,
+        data=[str(slice_data)],
+        seq_len=40,
+        batch_size=4,
+        steps=2,
+        loss_on_prompt=True,
+    )
+    (tmp_path / "ar.yaml").write_text(yaml.safe_dump(cfg))
+    cli = [sys.executable, "-m", "vllm_pard2.train", "-c", str(tmp_path / "ar.yaml")]
+    first = subprocess.run(cli, capture_output=True, text=True, check=True)
+    assert '"steps": 2' in first.stdout
+    second = subprocess.run(cli + ["--set", "steps=3"], capture_output=True, text=True, check=True)
+    summary = json.loads((tmp_path / "ar" / "train_summary.json").read_text())
+    assert summary["resumed_from"] == 2 and summary["steps"] == 3, second.stdout
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "ar")
+    assert model.config.hidden_size == FRESH_SHAPE["hidden_size"]
+    assert "pard_token" not in json.loads((tmp_path / "ar" / "config.json").read_text())
+
+
+def test_cli_reports_config_errors(tmp_path):
+    (tmp_path / "bad.yaml").write_text("objective: pard3\noutput_dir: o\ndata: missing.jsonl\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "vllm_pard2.train", "-c", str(tmp_path / "bad.yaml")], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "pard3" in result.stderr and "missing.jsonl" in result.stderr
+
+
+def test_export_layout(tiny_pair, trained):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    pard_cfg = json.loads((trained["pard"] / "config.json").read_text())
+    assert pard_cfg["spd_type"] == "pard" and pard_cfg["pard_token"] == 3
+    assert not (trained["pard"] / "warp_model.bin").exists()
+
+    cfg = json.loads((trained["pard2"] / "config.json").read_text())
+    target_hidden = AutoModelForCausalLM.from_pretrained(tiny_pair["target"]).config.hidden_size
+    assert cfg["spd_type"] == "pard2" and cfg["pard2"] is True and cfg["pard_token"] == 3
+    assert cfg["pard2_scale"] == 0.02 and cfg["pard2_proj_bias"] is False
+    assert cfg["pard2_target_layers"] == [-1, -2] and cfg["pard2_target_dim"] == 2 * target_hidden
+    expected_keys = set(AutoModelForCausalLM.from_pretrained(tiny_pair["draft_qwen3"]).state_dict())
+    with safe_open(trained["pard2"] / "model.safetensors", "pt") as fh:
+        assert set(fh.keys()) == expected_keys
+    warp = torch.load(trained["pard2"] / "warp_model.bin", weights_only=True)
+    assert set(warp) == {"target_proj.weight"}
+    assert tuple(warp["target_proj.weight"].shape) == (cfg["hidden_size"], cfg["pard2_target_dim"])
+    assert (trained["pard2"] / "tokenizer.json").is_file()
+
+
+def hf_greedy(target: Path, prompts: list[list[int]]) -> list[list[int]]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
+    outputs = []
+    for prompt in prompts:
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            for _ in range(MAX_TOKENS):
+                ids = torch.cat([ids, model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        outputs.append(ids[0, len(prompt) :].tolist())
+    return outputs
+
+
+@pytest.mark.parametrize("objective", ["pard", "pard2"])
+def test_trained_drafter_runs_in_vllm(tiny_pair, trained, objective):
+    """Greedy pard2 decoding with the trained drafter drafts tokens and equals plain greedy."""
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    prompts = [[20 + i, 40 + 3 * i, 77, 90 + i, 5 + i] for i in range(PROMPTS)]
+    spec = {"method": "pard2", "model": str(trained[objective]), "num_speculative_tokens": 3}
+    llm = LLM(model=str(tiny_pair["target"]), speculative_config=spec, **engine_kwargs())
+    try:
+        outs = llm.generate(
+            [TokensPrompt(prompt_token_ids=p) for p in prompts],
+            SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True),
+            use_tqdm=False,
+        )
+        counters, _ = spec_counters(llm)
+    finally:
+        shutdown(llm)
+    assert counters["vllm:spec_decode_num_drafts"] > 0
+    assert [list(o.outputs[0].token_ids) for o in outs] == hf_greedy(tiny_pair["target"], prompts)
+
+
+def test_shipped_tiny_pair_has_the_plugin_layout():
+    """The embedded pair (vllm_pard2/assets/tiny_pard2) is what recipe_tiny exports."""
+    from transformers import AutoConfig
+
+    assets = Path(__file__).resolve().parent.parent / "vllm_pard2" / "assets" / "tiny_pard2"
+    target = AutoConfig.from_pretrained(assets / "target")
+    draft = json.loads((assets / "draft" / "config.json").read_text())
+    assert draft["spd_type"] == "pard2" and draft["pard2"] is True
+    assert draft["vocab_size"] == target.vocab_size
+    assert draft["pard2_target_dim"] == len(draft["pard2_target_layers"]) * target.hidden_size
+    warp = torch.load(assets / "draft" / "warp_model.bin", weights_only=True)
+    assert tuple(warp["target_proj.weight"].shape) == (draft["hidden_size"], draft["pard2_target_dim"])
+    size = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file())
+    assert size < 8 << 20, f"the embedded pair grew to {size / 2**20:.1f} MiB"

@@ -1,0 +1,270 @@
+"""Regenerate the embedded tiny PARD-2 pair from scratch, offline, on CPU.
+
+    nice -n 10 python -m vllm_pard2.train.recipe_tiny OUT [--install-assets] [--engine-lock FILE]
+
+Stages (each a plain command, logged with its wall time in ``OUT/recipe.json``):
+1. a 2048-token byte-level BPE trained on the Python standard library source;
+2. the corpus: every top-level stdlib module, tokenised, cut into 256-token windows;
+3. the target: a ~2.4M-parameter Qwen3 trained from scratch on the corpus (``ar``);
+4. distillation data: the target's greedy 128-token continuations (vLLM) of
+   stdlib snippets of 16-48 tokens;
+5. the AR draft: a ~0.9M-parameter Qwen3 trained on the corpus and the target's
+   responses (``ar``);
+6. the PARD drafter: the AR draft adapted with the ``pard`` objective;
+7. the PARD-2 drafter: the AR draft adapted with the ``pard2`` objective (CAT
+   weights, KD from the target, target features [-1, -3] masked per sample).
+PARD and PARD-2 use the same data, steps, K_train = 16 and COD (r 0.7, r_min
+0.1), so the two rows of the τ table differ only in the objective.
+``--install-assets`` copies the target and the PARD-2 drafter to
+``vllm_pard2/assets/tiny_pard2/{target,draft}``. Re-running into the same OUT
+reuses finished stages whose config is unchanged, retrains a changed stage and
+everything after it, and resumes an interrupted stage from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "tiny_pard2"
+SHIPPED_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "warp_model.bin",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+)
+PATH_KEYS = ("output_dir", "tokenizer", "init_model", "target_model")  # relative to OUT; configs live in OUT/configs
+VOCAB_SIZE = 2048
+CORPUS_WINDOW = 256
+NUM_PROMPTS = 2000
+PROMPT_TOKENS = (16, 48)
+RESPONSE_TOKENS = 128
+SEQ_LEN = PROMPT_TOKENS[1] + RESPONSE_TOKENS
+SAVE_DTYPE = "float16"  # keeps the shipped pair small; load it with dtype="float32" for exact tests
+
+TARGET_SHAPE = dict(
+    hidden_size=192,
+    intermediate_size=512,
+    num_hidden_layers=4,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    head_dim=32,
+)
+DRAFT_SHAPE = dict(
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=32,
+)
+PARALLEL_COMMON = dict(
+    init_model="draft_ar",
+    data=["data/distill.jsonl"],
+    seq_len=SEQ_LEN,
+    batch_size=8,
+    lr=2.0e-3,
+    warmup_steps=20,
+    para_num=16,
+    cod_ratio=0.7,
+    cod_min_ratio=0.1,
+    save_dtype=SAVE_DTYPE,
+    save_every=50,
+)
+STAGE_CONFIGS = {
+    "target": dict(
+        objective="ar",
+        output_dir="target",
+        tokenizer="tokenizer",
+        model=TARGET_SHAPE,
+        data=["data/corpus.jsonl"],
+        seq_len=CORPUS_WINDOW,
+        batch_size=16,
+        steps=400,
+        lr=3.0e-3,
+        warmup_steps=30,
+        save_dtype=SAVE_DTYPE,
+        save_every=100,
+    ),
+    "draft_ar": dict(
+        objective="ar",
+        output_dir="draft_ar",
+        tokenizer="tokenizer",
+        model=DRAFT_SHAPE,
+        data=["data/corpus.jsonl", "data/distill.jsonl"],
+        loss_on_prompt=True,
+        seq_len=CORPUS_WINDOW,
+        batch_size=16,
+        steps=300,
+        lr=3.0e-3,
+        warmup_steps=30,
+        save_dtype=SAVE_DTYPE,
+        save_every=100,
+    ),
+    "draft_pard": dict(objective="pard", output_dir="draft_pard", steps=400, **PARALLEL_COMMON),
+    "draft_pard2": dict(
+        objective="pard2",
+        output_dir="draft_pard2",
+        steps=400,
+        target_model="target",
+        ce_alpha=0.1,
+        kd_alpha=1.0,
+        kd_temperature=1.0,
+        pard2_target_layers=[-1, -3],
+        pard2_scale=0.02,
+        pard2_proj_bias=False,
+        target_feat_mask=0.1,
+        **PARALLEL_COMMON,
+    ),
+}
+
+
+def write_corpus(out: Path, tokenizer) -> int:
+    from vllm_pard2.tiny_pair import stdlib_corpus
+
+    n = 0
+    with (out / "data" / "corpus.jsonl").open("w") as fh:
+        for text in stdlib_corpus(max_files=10_000):
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            for start in range(0, len(ids), CORPUS_WINDOW):
+                window = ids[start : start + CORPUS_WINDOW]
+                if len(window) >= 32:
+                    fh.write(json.dumps({"input_ids": window}) + "\n")
+                    n += 1
+    return n
+
+
+def write_prompts(out: Path, tokenizer, seed: int, num_prompts: int = NUM_PROMPTS) -> int:
+    """Snippets of stdlib source that start at a line start, 16-48 tokens long."""
+    from vllm_pard2.tiny_pair import stdlib_corpus
+
+    rng = random.Random(seed)
+    files = [t.splitlines(keepends=True) for t in stdlib_corpus(max_files=10_000)]
+    files = [lines for lines in files if len(lines) > 20]
+    with (out / "data" / "prompts.jsonl").open("w") as fh:
+        for _ in range(num_prompts):
+            lines = rng.choice(files)
+            start = rng.randrange(len(lines) - 10)
+            ids = tokenizer("".join(lines[start : start + 12]), add_special_tokens=False)["input_ids"]
+            fh.write(json.dumps({"prompt_ids": ids[: rng.randint(*PROMPT_TOKENS)]}) + "\n")
+    return num_prompts
+
+
+@contextlib.contextmanager
+def engine_lock(path: str | None):
+    """Hold an exclusive flock while a vLLM engine runs (shared machines)."""
+    if not path:
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run_stage(name: str, cmd: list[str], out: Path, log: dict) -> None:
+    print(f"== {name}: {' '.join(cmd)}", flush=True)
+    started = time.perf_counter()
+    subprocess.run(cmd, cwd=out, check=True)
+    log["stages"][name] = {"command": " ".join(cmd), "wall_s": round(time.perf_counter() - started, 1)}
+    (out / "recipe.json").write_text(json.dumps(log, indent=2))
+
+
+def install_assets(out: Path, dest: Path = ASSETS) -> None:
+    for src_name, dst_name in (("target", "target"), ("draft_pard2", "draft")):
+        dst = dest / dst_name
+        if dst.exists():
+            shutil.rmtree(dst)
+        dst.mkdir(parents=True)
+        for name in SHIPPED_FILES:
+            if (out / src_name / name).is_file():
+                shutil.copy2(out / src_name / name, dst / name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir")
+    parser.add_argument("--install-assets", action="store_true", help=f"copy the pair into {ASSETS}")
+    parser.add_argument("--engine-lock", default=None, help="flock this file while vLLM generates (shared machines)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps (quick runs)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads per training stage (1 avoids OpenMP stalls on busy CPUs)"
+    )
+    parser.add_argument("--num-prompts", type=int, default=NUM_PROMPTS, help="distillation prompts")
+    args = parser.parse_args()
+
+    from vllm_pard2.tiny_pair import build_tokenizer
+
+    out = Path(args.out_dir).resolve()
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    (out / "configs").mkdir(exist_ok=True)
+    started = time.perf_counter()
+    log: dict = {"seed": args.seed, "steps_scale": args.steps_scale, "num_prompts": args.num_prompts, "stages": {}}
+
+    t = time.perf_counter()
+    tokenizer = build_tokenizer(out / "tokenizer", vocab_size=VOCAB_SIZE)
+    log["corpus_windows"] = write_corpus(out, tokenizer)
+    log["prompts"] = write_prompts(out, tokenizer, args.seed, args.num_prompts)
+    log["stages"]["tokenizer_and_data"] = {"wall_s": round(time.perf_counter() - t, 1)}
+
+    # A stage whose config is unchanged and finished is reused; a changed stage and
+    # everything after it is retrained from scratch; an interrupted one resumes.
+    dirty = False
+    previous = json.loads((out / "recipe.json").read_text()) if (out / "recipe.json").is_file() else {}
+    train = [sys.executable, "-m", "vllm_pard2.train", "-c"]
+    generate = [sys.executable, "-m", "vllm_pard2.train.generate", "--target", "target", "--prompts"]
+    generate += ["data/prompts.jsonl", "--out", "data/distill.jsonl", "--max-tokens", str(RESPONSE_TOKENS)]
+    log["engine_lock_wait_s"] = 0.0
+    for name, stage in STAGE_CONFIGS.items():
+        stage = dict(
+            stage, seed=args.seed, threads=args.threads, steps=max(1, round(stage["steps"] * args.steps_scale))
+        )
+        stage = {k: ("../" + v if k in PATH_KEYS else v) for k, v in stage.items()}
+        stage["data"] = ["../" + d for d in stage["data"]]
+        text = yaml.safe_dump(stage, sort_keys=False)
+        cfg_path = out / "configs" / f"{name}.yaml"
+        if dirty or not cfg_path.is_file() or cfg_path.read_text() != text:
+            dirty = True
+            shutil.rmtree(out / name, ignore_errors=True)
+            cfg_path.write_text(text)
+        if (out / name / "train_summary.json").is_file():
+            log["stages"][name] = dict(previous.get("stages", {}).get(name, {}), reused=True)
+        else:
+            run_stage(name, train + [f"configs/{name}.yaml"], out, log)
+        if name == "target":
+            if not dirty and (out / "data" / "distill.jsonl").is_file():
+                log["stages"]["distill_data"] = dict(previous.get("stages", {}).get("distill_data", {}), reused=True)
+                continue
+            dirty = True
+            waited = time.perf_counter()
+            with engine_lock(args.engine_lock):
+                log["engine_lock_wait_s"] = round(time.perf_counter() - waited, 1)
+                run_stage("distill_data", generate, out, log)
+    log["total_wall_s"] = round(time.perf_counter() - started, 1)
+    log["total_wall_s_excluding_lock_wait"] = round(log["total_wall_s"] - log["engine_lock_wait_s"], 1)
+    (out / "recipe.json").write_text(json.dumps(log, indent=2))
+    if args.install_assets:
+        install_assets(out)
+        log["installed"] = str(ASSETS)
+        (out / "recipe.json").write_text(json.dumps(log, indent=2))
+    print(json.dumps(log, indent=2))
+
+
+if __name__ == "__main__":
+    main()
