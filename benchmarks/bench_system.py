@@ -13,8 +13,11 @@ Methods (one engine each, each in its own subprocess so memory is returned):
   none             no speculation
   pard             in-tree PARD: method draft_model + parallel_drafting
   eagle3           EAGLE-3 head, fixed k
-  eagle3_schedule  EAGLE-3 with num_speculative_tokens_per_batch_size (Model Runner V2 only)
+  eagle3_schedule  EAGLE-3 with vLLM's num_speculative_tokens_per_batch_size schedule
+                   (Model Runner V2 on the GPU, its best setting there; V1 on CPU)
   pard2            this plugin (parallel drafting, target-independent)
+  pard2_schedule   this plugin with a batch-size schedule of k (``--pard2-schedule``,
+                   vLLM's same option; k = 0 is plain decoding)
 Each batch size is generated ``--repeats`` times (default 2, the first pays for JIT
 compiles and CUDA-graph capture); the last run is kept.
 
@@ -36,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-METHODS = ("none", "pard", "eagle3", "eagle3_schedule", "pard2")
+METHODS = ("none", "pard", "eagle3", "eagle3_schedule", "pard2", "pard2_schedule")
 QWEN3_MASK_TOKEN = 151670  # PARD's mask id for Qwen3 (pard-method.md)
 
 
@@ -127,9 +130,11 @@ def speculative_config(method: str, args: argparse.Namespace, paths: dict[str, s
     if method == "none":
         return None
     k = args.num_speculative_tokens
-    if method in ("pard", "pard2"):
+    if method in ("pard", "pard2", "pard2_schedule"):
         spec: dict[str, Any] = {"model": paths["draft"], "num_speculative_tokens": k}
         spec.update({"method": "draft_model", "parallel_drafting": True} if method == "pard" else {"method": "pard2"})
+        if method == "pard2_schedule":
+            spec["num_speculative_tokens_per_batch_size"] = parse_schedule(args.pard2_schedule)
     else:
         spec = {"method": "eagle3", "model": paths["eagle3"], "num_speculative_tokens": k}
         if method == "eagle3_schedule":
@@ -222,12 +227,6 @@ def run_method(method: str, args: argparse.Namespace, paths: dict[str, str]) -> 
     return rows
 
 
-def unsupported_reason(method: str, on_gpu: bool) -> str | None:
-    if method == "eagle3_schedule" and not on_gpu:
-        return "num_speculative_tokens_per_batch_size is read by Model Runner V2 only, which needs Triton (GPU)"
-    return None
-
-
 def plot(results: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -261,6 +260,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-k", "--num-speculative-tokens", type=int, default=8)
     parser.add_argument("--acceptance-length", type=float, default=5.0, help="synthetic tau (bonus included), GPU only")
     parser.add_argument("--eagle3-schedule", default="1-16:8,17-64:4,65-4096:2", help="first-last:k,...")
+    parser.add_argument("--pard2-schedule", default="1-16:8,17-64:4,65-4096:2", help="first-last:k,... (k <= -k)")
     parser.add_argument("--prompt-len", type=int, default=512)
     parser.add_argument("--output-len", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
@@ -274,7 +274,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_key(args: argparse.Namespace, device: str) -> str:
     """Settings that must match for rows of separate invocations to share one table."""
     fields = ("shapes", "num_speculative_tokens", "acceptance_length", "prompt_len", "output_len", "batch_sizes")
-    return json.dumps([device, args.eagle3_schedule, args.eager] + [getattr(args, f) for f in fields])
+    return json.dumps(
+        [device, args.eagle3_schedule, args.pard2_schedule, args.eager] + [getattr(args, f) for f in fields]
+    )
 
 
 def device_name() -> str:
@@ -318,14 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     skipped: list[dict] = []
     forwarded = list(argv if argv is not None else sys.argv[1:])
     for method in args.methods:
-        reason = unsupported_reason(method, on_gpu)
-        if reason:
-            skipped.append({"method": method, "reason": reason})
-            print(f"[bench_system] skip {method}: {reason}", flush=True)
-            continue
         env = dict(os.environ)
-        if method == "eagle3_schedule":
-            env["VLLM_USE_V2_MODEL_RUNNER"] = "1"
+        if method == "eagle3_schedule" and on_gpu:
+            env["VLLM_USE_V2_MODEL_RUNNER"] = "1"  # full CUDA graphs with the schedule (V1 falls back to piecewise)
         print(f"[bench_system] {method} ...", flush=True)
         rows_path = args.out / f"rows_{method}.json"
         rows_path.unlink(missing_ok=True)
@@ -342,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             "acceptance_length": args.acceptance_length if on_gpu else None,
             "num_speculative_tokens": args.num_speculative_tokens,
             "eagle3_schedule": parse_schedule(args.eagle3_schedule),
+            "pard2_schedule": parse_schedule(args.pard2_schedule),
             "prompt_len": args.prompt_len,
             "output_len": args.output_len,
             "batch_sizes": args.batch_sizes,

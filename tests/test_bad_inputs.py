@@ -116,6 +116,24 @@ def test_num_speculative_tokens_below_one(tiny_pair, k):
     )
 
 
+@pytest.mark.parametrize(
+    ("schedule", "fragment"),
+    [
+        ([[2, 8, 4]], "must start at 1"),
+        ([[1, 8, -1]], "must be >= 0"),
+        ([[1, 8]], "entry must be"),
+        ([[1, 8, 2], [5, 64, 0]], "non-overlapping"),
+    ],
+)
+def test_bad_batch_size_schedule(tiny_pair, schedule, fragment):
+    expect_error(
+        tiny_pair["target"],
+        spec(tiny_pair["draft_qwen3"], num_speculative_tokens_per_batch_size=schedule),
+        "'num_speculative_tokens_per_batch_size'",
+        fragment,
+    )
+
+
 def test_num_speculative_tokens_missing(tiny_pair):
     bad = {"method": "pard2", "model": str(tiny_pair["draft_qwen3"])}
     expect_error(tiny_pair["target"], bad, "needs 'num_speculative_tokens'")

@@ -1,7 +1,8 @@
 """benchmarks/bench_system.py: config generation, and a CPU smoke run (tiny shapes, dummy weights).
 
-The smoke run starts one tiny engine per method (none, pard, eagle3, pard2; about
-a minute on 2 cores). It checks the harness, not speed: on CPU every method uses
+The smoke run starts one tiny engine per method (none, pard, eagle3 with and
+without a batch-size schedule, pard2 with and without one; about two minutes on
+2 cores). It checks the harness, not speed: on CPU every method uses
 standard rejection, so random dummy weights give tau close to 1.
 """
 
@@ -55,25 +56,30 @@ def test_speculative_configs(bench) -> None:
     assert schedule["num_speculative_tokens_per_batch_size"] == [(1, 16, 8), (17, 64, 4), (65, 4096, 2)]
 
 
-def test_cpu_smoke_run_writes_json_and_png(tmp_path: Path) -> None:
+def test_cpu_smoke_run_writes_json_and_png(bench, tmp_path: Path) -> None:
     out = tmp_path / "bench"
     command = [sys.executable, str(BENCH), "--shapes", "tiny", "--batch-sizes", "1", "2", "--prompt-len", "16"]
-    command += ["--output-len", "6", "-k", "3", "--out", str(out)]
+    command += ["--output-len", "6", "-k", "3", "--pard2-schedule", "1-1:3,2-64:0", "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     summary = json.loads((out / "bench_system.json").read_text())
     assert summary["config"]["rejection"] == "standard" and summary["config"]["device"] == "cpu"
     measured = {(row["method"], row["batch_size"]): row for row in summary["results"]}
-    assert set(measured) == {(m, b) for m in ("none", "pard", "eagle3", "pard2") for b in (1, 2)}
+    assert set(measured) == {(m, b) for m in bench.METHODS for b in (1, 2)}
     for (method, batch_size), row in measured.items():
         assert row["repeat"] == 1  # the second run is the one kept
         assert row["output_tokens"] == 6 * batch_size and row["throughput_tok_s"] > 0 and row["step_ms"] > 0
         if method == "none":
             assert row["tau"] is None and row["num_drafts"] == 0
+        elif (method, batch_size) == ("pard2_schedule", 2):
+            # k = 0 at batch size 2: drafts only in a step where one request ran alone
+            # (the engine may start the first request a step before the second), while
+            # pard2 at fixed k = 3 drafts for both requests every step (>= 2 steps each).
+            assert row["num_drafts"] <= 2 and row["num_drafts"] < measured[("pard2", 2)]["num_drafts"]
         else:
             assert row["num_drafts"] > 0 and 1.0 <= row["tau"] <= 4.0
-    assert [entry["method"] for entry in summary["skipped"]] == ["eagle3_schedule"]
+    assert summary["skipped"] == []
 
     from PIL import Image
 

@@ -33,12 +33,12 @@ SCENARIOS = ("bs1", "batched", "aborted")
 _runs: dict[tuple, EngineRun] = {}
 
 
-def get_run(tiny_pair, prompts, k: int, draft: str, **overrides) -> EngineRun:
+def get_run(tiny_pair, prompts, k: int, draft: str, spec_extra: dict | None = None, **overrides) -> EngineRun:
     """Start (once per session) a pard2 engine with small prefill chunks and
     prefix caching, run every scenario on it, and return the results."""
-    key = (k, draft, tuple(sorted(overrides.items())))
+    key = (k, draft, repr(spec_extra), tuple(sorted(overrides.items())))
     if key not in _runs:
-        spec = {"method": "pard2", "model": str(tiny_pair[draft]), "num_speculative_tokens": k}
+        spec = {"method": "pard2", "model": str(tiny_pair[draft]), "num_speculative_tokens": k, **(spec_extra or {})}
         settings = dict(enable_prefix_caching=True, enable_chunked_prefill=True, max_num_batched_tokens=CHUNK)
         settings.update(overrides)
         _runs[key] = run_engine(tiny_pair["target"], prompts, spec, **settings)
@@ -137,3 +137,23 @@ def test_preemption_and_resumption(tiny_pair, prompts, baseline, draft):
     run = get_run(tiny_pair, prompts, 4, draft, kv_cache_memory_bytes=384 * 4096)
     assert run.counters.get("vllm:num_preemptions", 0) > 0, "the test did not force preemption"
     assert_same_outputs(run.outputs["batched"], baseline.outputs["bs1"], "pard2 under preemption")
+
+
+# Batch-aware k through vLLM's own option: k = 4 alone, 2 for up to 6
+# requests, no drafts (plain decoding) above. The batched scenarios start at 18
+# and 8 requests and shrink as requests finish, so requests cross k = 0 -> 2 -> 4
+# mid-generation.
+K_SCHEDULE = [[1, 1, 4], [2, 6, 2], [7, 256, 0]]
+
+
+def test_batch_size_schedule_is_lossless(tiny_pair, prompts, baseline):
+    run = get_run(tiny_pair, prompts, 4, "draft_td", spec_extra={"num_speculative_tokens_per_batch_size": K_SCHEDULE})
+    for scenario in SCENARIOS:
+        want = baseline.outputs["bs1"] if scenario != "aborted" else baseline.outputs["aborted"]
+        assert_same_outputs(run.outputs[scenario], want, f"pard2 k schedule {scenario}")
+    # Alone, every step drafts k = 4; over the whole run, the batched steps
+    # drafted 2 or nothing, so the mean is strictly between 2 and 4.
+    single = run.single
+    assert single["vllm:spec_decode_num_draft_tokens"] == 4 * single["vllm:spec_decode_num_drafts"] > 0
+    per_step = run.counters["vllm:spec_decode_num_draft_tokens"] / run.counters["vllm:spec_decode_num_drafts"]
+    assert 2 < per_step < 4

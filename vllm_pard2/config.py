@@ -71,6 +71,24 @@ def check_pard2_mode(value: Any) -> None:
         )
 
 
+def check_k_schedule(schedule: Any) -> None:
+    """vLLM's ``num_speculative_tokens_per_batch_size`` (batch-aware k) is
+    otherwise validated only when the scheduler starts, inside the engine.
+    As in vLLM, a k above ``num_speculative_tokens`` is clamped to it."""
+    if schedule is None:
+        return
+    from vllm.v1.spec_decode.dynamic.utils import validate_and_normalize_dynamic_sd_schedule
+
+    try:
+        validate_and_normalize_dynamic_sd_schedule(schedule)
+    except (TypeError, ValueError) as exc:
+        raise Pard2ConfigError(
+            f"pard2 'num_speculative_tokens_per_batch_size' is invalid: {exc} Give a list of "
+            "[first_batch_size, last_batch_size, k] ranges starting at batch size 1, e.g. "
+            "[[1, 8, 8], [9, 32, 4], [33, 1024, 0]] (k = 0: no drafts at that batch size)."
+        ) from None
+
+
 def check_draft_path(model: Any) -> None:
     """Fail early on a draft path that does not exist.
 

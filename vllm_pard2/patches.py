@@ -263,6 +263,7 @@ def patch_create_speculative_config() -> None:
                 )
             pard2_config.check_num_speculative_tokens(spec.get("num_speculative_tokens"))
             pard2_config.check_pard2_mode(spec.get("pard2_mode"))
+            pard2_config.check_k_schedule(spec.get("num_speculative_tokens_per_batch_size"))
             pard2_config.check_draft_path(spec.get("model"))
             if "draft_sample_method" not in spec:
                 # Lossless either way; drafting from q and handing q to the rejection

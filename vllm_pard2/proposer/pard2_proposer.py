@@ -65,6 +65,30 @@ class Pard2Proposer(DraftModelProposer):
         return False
 
     @override
+    def propose(self, num_speculative_tokens: int, **kwargs) -> torch.Tensor:
+        """One parallel pass sized to the k the scheduler asks for this step.
+
+        With vLLM's ``num_speculative_tokens_per_batch_size`` the scheduler picks
+        k <= K per step from the batch size. Drafts 1..k read only the real tokens
+        and the first k-1 masks (causal attention), so a pass with k-1 masks gives
+        the same k drafts as one with K-1 and costs less. At k = 0 the pass keeps
+        just the new real tokens (bonus included), so every committed token still
+        enters the draft KV once and, in TD mode, the carried feature moves on.
+        The mask slots are scratch either way: the next step's real tokens
+        start at the first mask position.
+        """
+        max_k = self.speculative_config.num_speculative_tokens
+        k = min(num_speculative_tokens, max_k)
+        # vLLM reads these two per call (input build, slot mapping, query
+        # extension); a draft model gets no target hidden states, so they are equal.
+        self.extra_slots_per_request = self.net_num_new_slots_per_request = max(k, 1)
+        try:
+            return super().propose(k, **kwargs)
+        finally:
+            self.extra_slots_per_request = self.net_num_new_slots_per_request = max_k
+            self.num_speculative_tokens = max_k
+
+    @override
     def _init_parallel_drafting_params(self) -> None:
         # The in-tree lookup prefers `mask_token_id` over `pard_token`; a PARD
         # draft is defined by `pard_token` (validated before the engine starts).
