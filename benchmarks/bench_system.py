@@ -238,11 +238,12 @@ def plot(results: list[dict], path: Path, title: str) -> None:
         rows = sorted((r for r in results if r["method"] == method), key=lambda r: r["batch_size"])
         if not rows:
             continue
-        ax.plot([r["ms_per_token"] for r in rows], [r["throughput_tok_s"] for r in rows], marker="o", label=method)
+        ax.plot([r["throughput_tok_s"] for r in rows], [r["ms_per_token"] for r in rows], marker="o", label=method)
         for r in rows:
-            ax.annotate(str(r["batch_size"]), (r["ms_per_token"], r["throughput_tok_s"]), fontsize=7)
-    ax.set_xlabel("per-request latency (ms / output token)")
-    ax.set_ylabel("throughput (output tokens / s)")
+            ax.annotate(str(r["batch_size"]), (r["throughput_tok_s"], r["ms_per_token"]), fontsize=7)
+    # Same orientation as the task benchmark's plot: throughput (x) against latency (y).
+    ax.set_xlabel("throughput (output tokens / s)")
+    ax.set_ylabel("per-request latency (ms / output token)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
