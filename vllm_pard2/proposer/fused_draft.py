@@ -4,6 +4,12 @@ Wrapping the model (rather than changing vLLM's drafting code) keeps every
 caller unchanged: the proposer's forward, ``dummy_run`` warm-up and graph
 capture all pass ``input_ids`` and read the features from one persistent
 buffer that the proposer fills before each step (zeros during warm-up).
+
+The fused embedding is written in place into a second persistent buffer, so
+the compiled draft receives ``inputs_embeds`` at the same address on every
+call of the same size. vLLM captures the draft's CUDA graphs with
+``cudagraph_copy_inputs=False``: a freshly allocated tensor would make graph
+replays read stale memory (drafts turn to garbage while outputs stay lossless).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ class FusedInputDraft(nn.Module):
         super().__init__()
         self.draft = draft
         self.features = features  # [max_num_tokens, draft hidden], filled per step
+        self.fused_embeds = torch.empty_like(features)  # what the compiled draft reads
 
     def forward(
         self,
@@ -27,10 +34,11 @@ class FusedInputDraft(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> Any:
-        if inputs_embeds is None:
-            inputs_embeds = self.draft.embed_input_ids(input_ids)
-        inputs_embeds = inputs_embeds + self.features[: inputs_embeds.shape[0]]
-        return self.draft(input_ids=None, positions=positions, inputs_embeds=inputs_embeds, **kwargs)
+        num_tokens = positions.shape[-1]
+        fused = self.fused_embeds[:num_tokens]
+        fused.copy_(self.draft.embed_input_ids(input_ids) if inputs_embeds is None else inputs_embeds)
+        fused.add_(self.features[:num_tokens])
+        return self.draft(input_ids=None, positions=positions, inputs_embeds=fused, **kwargs)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         return self.draft.compute_logits(hidden_states)

