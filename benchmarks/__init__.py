@@ -1,1 +1,1 @@
-"""Task benchmarks for vllm-pard2: ``python -m benchmarks.run`` (also ``vllm-pard2-bench``)."""
+"""Task benchmarks for vllm-pard2: ``python -m benchmarks.run``, run from the repository root."""

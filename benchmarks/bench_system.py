@@ -20,6 +20,11 @@ Methods (one engine each, each in its own subprocess so memory is returned):
                    vLLM's same option; k = 0 is plain decoding)
 Each batch size is generated ``--repeats`` times (default 2, the first pays for JIT
 compiles and CUDA-graph capture); the last run is kept.
+``--concurrent-starts`` starts every method's engine at once (an 8B engine start is
+2-3.5 minutes of mostly CPU-side compilation) and measures them one at a time once all
+are up; KV caches are then sized by ``--kv-cache-mib`` on the GPU too.
+``--pair TARGET DRAFT`` runs real checkpoints instead of dummy shapes (on CPU, where
+synthetic rejection does not exist, a trained tiny pair gives a real tau).
 
     python benchmarks/bench_system.py --shapes gpu --out results/system       # on the GPU
     python benchmarks/bench_system.py --shapes tiny --batch-sizes 1 2 --output-len 8 --out /tmp/b
@@ -31,6 +36,8 @@ may run 10 minutes, run one or two ``--methods`` per command into the same OUT.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import subprocess
@@ -106,6 +113,10 @@ def model_configs(shapes: str) -> dict[str, dict]:
     return {"target": target, "draft": draft, "eagle3": eagle3_config(target, vocab)}
 
 
+def target_vocab(paths: dict[str, str]) -> int:
+    return json.loads((Path(paths["target"]) / "config.json").read_text())["vocab_size"]
+
+
 def write_models(shapes: str, root: Path) -> dict[str, str]:
     paths = {}
     for name, config in model_configs(shapes).items():
@@ -135,6 +146,8 @@ def speculative_config(method: str, args: argparse.Namespace, paths: dict[str, s
         spec.update({"method": "draft_model", "parallel_drafting": True} if method == "pard" else {"method": "pard2"})
         if method == "pard2_schedule":
             spec["num_speculative_tokens_per_batch_size"] = parse_schedule(args.pard2_schedule)
+        elif method == "pard2" and args.pard2_fixed_k:
+            spec["pard2_adaptive_k"] = False
     else:
         spec = {"method": "eagle3", "model": paths["eagle3"], "num_speculative_tokens": k}
         if method == "eagle3_schedule":
@@ -148,7 +161,7 @@ def speculative_config(method: str, args: argparse.Namespace, paths: dict[str, s
 def engine_kwargs(args: argparse.Namespace, paths: dict[str, str], on_gpu: bool) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "model": paths["target"],
-        "load_format": "dummy",
+        "load_format": "auto" if args.pair else "dummy",
         "skip_tokenizer_init": True,
         "max_model_len": args.prompt_len + args.output_len + 2 * args.num_speculative_tokens + 16,
         "max_num_seqs": max(args.batch_sizes),
@@ -157,11 +170,16 @@ def engine_kwargs(args: argparse.Namespace, paths: dict[str, str], on_gpu: bool)
         "disable_log_stats": False,
         "seed": 0,
     }
-    if on_gpu:
+    if on_gpu and args.concurrent_starts:
+        # Each engine's memory profile would see the others' allocations: fix the KV size.
+        kwargs["gpu_memory_utilization"] = args.gpu_memory_utilization / len(args.methods)
+        kwargs["kv_cache_memory_bytes"] = args.kv_cache_mib << 20
+    elif on_gpu:
         kwargs["gpu_memory_utilization"] = args.gpu_memory_utilization
     else:
         kwargs["kv_cache_memory_bytes"] = args.kv_cache_mib << 20
         kwargs["dtype"] = "float32"
+        kwargs["distributed_executor_backend"] = "uni"  # the model in the engine process: one vLLM import less
     return kwargs
 
 
@@ -175,18 +193,40 @@ def spec_counters(llm: Any) -> tuple[float, float]:
     return drafts, accepted
 
 
+@contextlib.contextmanager
+def measurement_turn(args: argparse.Namespace, method: str):
+    """With ``--concurrent-starts``: say this engine is up, wait for the parent's go (every
+    engine up or its worker gone), then hold OUT/measure.lock so one engine measures at a time."""
+    if not args.concurrent_starts:
+        yield
+        return
+    (args.out / f"ready_{method}").touch()
+    deadline = time.monotonic() + args.ready_timeout_s
+    while not (args.out / "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with open(args.out / "measure.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def run_method(method: str, args: argparse.Namespace, paths: dict[str, str]) -> list[dict]:
     """One engine; every batch size ``repeats`` times; the last run of each is kept."""
-    import random
-
     import torch
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
+    from vllm import LLM
 
     on_gpu = torch.cuda.is_available()
     spec = speculative_config(method, args, paths, on_gpu)
     llm = LLM(**engine_kwargs(args, paths, on_gpu), speculative_config=spec)
-    vocab = model_configs(args.shapes)["target"]["vocab_size"]
+    with measurement_turn(args, method):
+        return measure(llm, method, args, spec, target_vocab(paths))
+
+
+def measure(llm: Any, method: str, args: argparse.Namespace, spec: dict | None, vocab: int) -> list[dict]:
+    import random
+
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
     params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True, detokenize=False)
     rng = random.Random(0)
     rows = []
@@ -269,16 +309,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--eager", action="store_true", help="no CUDA graphs / torch.compile")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.85)
-    parser.add_argument("--kv-cache-mib", type=int, default=64, help="CPU KV-cache budget per engine")
+    parser.add_argument(
+        "--kv-cache-mib", type=int, default=64, help="KV-cache budget per engine: CPU, and GPU with --concurrent-starts"
+    )
+    parser.add_argument(
+        "--pair", nargs=2, metavar=("TARGET", "DRAFT"), help="real checkpoints instead of dummy --shapes (no eagle3)"
+    )
+    parser.add_argument(
+        "--concurrent-starts", action="store_true", help="start all engines at once, measure one at a time"
+    )
+    parser.add_argument("--pard2-fixed-k", action="store_true", help="pard2 at k = -k every step (no adaptive k)")
+    parser.add_argument("--ready-timeout-s", type=float, default=900, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.pair and any(m.startswith("eagle3") for m in args.methods):
+        parser.error("--pair has no EAGLE-3 head: leave eagle3 methods out of --methods")
+    return args
 
 
 def run_key(args: argparse.Namespace, device: str) -> str:
     """Settings that must match for rows of separate invocations to share one table."""
     fields = ("shapes", "num_speculative_tokens", "acceptance_length", "prompt_len", "output_len", "batch_sizes")
     return json.dumps(
-        [device, args.eagle3_schedule, args.pard2_schedule, args.eager] + [getattr(args, f) for f in fields]
+        [device, args.eagle3_schedule, args.pard2_schedule, args.eager, args.pair] + [getattr(args, f) for f in fields]
     )
 
 
@@ -309,6 +362,35 @@ def collect_rows(args: argparse.Namespace, device: str) -> list[dict]:
     return rows
 
 
+def run_workers(args: argparse.Namespace, forwarded: list[str], on_gpu: bool) -> list[dict]:
+    """One subprocess per method, one after the other or (``--concurrent-starts``) all at once;
+    returns the methods whose worker failed."""
+    for stale in ("go", *(f"ready_{m}" for m in args.methods), *(f"rows_{m}.json" for m in args.methods)):
+        (args.out / stale).unlink(missing_ok=True)
+    workers: dict[str, subprocess.Popen] = {}
+    for method in args.methods:
+        env = dict(os.environ)
+        if method == "eagle3_schedule" and on_gpu:
+            env["VLLM_USE_V2_MODEL_RUNNER"] = "1"  # full CUDA graphs with the schedule (V1 falls back to piecewise)
+        print(f"[bench_system] {method} ...", flush=True)
+        workers[method] = subprocess.Popen([sys.executable, __file__, *forwarded, "--worker", method], env=env)
+        if not args.concurrent_starts:
+            workers[method].wait()
+    while args.concurrent_starts and not (args.out / "go").exists():
+        # Go once every worker still running has its engine up.
+        running = [m for m, w in workers.items() if w.poll() is None]
+        if all((args.out / f"ready_{m}").exists() for m in running):
+            (args.out / "go").touch()
+            print(f"[bench_system] engines up: {running}; measuring one at a time", flush=True)
+        time.sleep(0.2)
+    skipped = []
+    for method, worker in workers.items():
+        code = worker.wait()
+        if code != 0 or not (args.out / f"rows_{method}.json").exists():
+            skipped.append({"method": method, "reason": f"worker failed (exit {code}); see its log"})
+    return skipped
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
@@ -318,25 +400,19 @@ def main(argv: list[str] | None = None) -> int:
     on_gpu = torch.cuda.is_available()
     device = device_name()
     args.out.mkdir(parents=True, exist_ok=True)
-    paths = write_models(args.shapes, args.out / "models")
+    if args.pair:
+        paths = {"target": str(Path(args.pair[0]).resolve()), "draft": str(Path(args.pair[1]).resolve())}
+    else:
+        paths = write_models(args.shapes, args.out / "models")
     (args.out / "models.json").write_text(json.dumps(paths))
-    skipped: list[dict] = []
     forwarded = list(argv if argv is not None else sys.argv[1:])
-    for method in args.methods:
-        env = dict(os.environ)
-        if method == "eagle3_schedule" and on_gpu:
-            env["VLLM_USE_V2_MODEL_RUNNER"] = "1"  # full CUDA graphs with the schedule (V1 falls back to piecewise)
-        print(f"[bench_system] {method} ...", flush=True)
-        rows_path = args.out / f"rows_{method}.json"
-        rows_path.unlink(missing_ok=True)
-        done = subprocess.run([sys.executable, __file__, *forwarded, "--worker", method], env=env)
-        if done.returncode != 0 or not rows_path.exists():
-            skipped.append({"method": method, "reason": f"worker failed (exit {done.returncode}); see its log"})
+    skipped = run_workers(args, forwarded, on_gpu)
     results = collect_rows(args, device)
     summary = {
         "config": {
             "shapes": args.shapes,
-            "models": model_configs(args.shapes),
+            "models": {"pair": paths} if args.pair else model_configs(args.shapes),
+            "concurrent_starts": args.concurrent_starts,
             "device": device,
             "rejection": "synthetic" if on_gpu and args.acceptance_length is not None else "standard",
             "acceptance_length": args.acceptance_length if on_gpu else None,

@@ -1,4 +1,4 @@
-"""``vllm-pard2-bench`` / ``python -m benchmarks.run``: does PARD-2 speed up my model on my tasks?
+"""``python -m benchmarks.run``: does PARD-2 speed up my model on my tasks?
 
 Measures output tokens/s, speed-up over no speculation (measured in the same
 invocation), tau (bonus token counted) and per-position acceptance on
@@ -34,7 +34,7 @@ SPEC_METHODS = tuple(m for m in METHODS if m != "none")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="vllm-pard2-bench",
+        prog="python -m benchmarks.run",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -219,7 +219,7 @@ def run_all(args: argparse.Namespace, argv: list[str]) -> dict[str, Path]:
             "max_tokens": args.max_tokens,
             "temperature": args.temperature,
             "ignore_eos": args.ignore_eos,
-            "command": "vllm-pard2-bench " + shlex.join(argv),
+            "command": "python -m benchmarks.run " + shlex.join(argv),
         },
         "results": [],
     }

@@ -20,16 +20,16 @@ from vllm_pard2.config import Pard2ConfigError, check_vllm_version
 from conftest import engine_kwargs
 
 
-def build_llm(target, spec: dict):
+def build_llm(target, spec: dict | None, **aliases):
     from vllm import LLM
 
-    return LLM(model=str(target), speculative_config=spec, **engine_kwargs())
+    return LLM(model=str(target), speculative_config=spec, **aliases, **engine_kwargs())
 
 
-def expect_error(target, spec: dict, *fragments: str, error=Pard2ConfigError) -> str:
+def expect_error(target, spec: dict | None, *fragments: str, error=Pard2ConfigError, **aliases) -> str:
     start = time.monotonic()
     with pytest.raises(error) as info:
-        build_llm(target, spec)
+        build_llm(target, spec, **aliases)
     message = str(info.value)
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in {message!r}"
@@ -155,6 +155,38 @@ def test_parallel_drafting_false_rejected(tiny_pair):
     )
 
 
+def test_heterogeneous_vocabulary_rejected(tiny_pair):
+    expect_error(
+        tiny_pair["target"],
+        spec(tiny_pair["draft_qwen3"], use_heterogeneous_vocab=True),
+        "share one vocabulary",
+        "remove 'use_heterogeneous_vocab'",
+    )
+
+
+ALIAS_CASES = {
+    "missing_draft": lambda drafts, good: {"model": "/nonexistent/pard2-draft", "num_speculative_tokens": 4},
+    "k_missing": lambda drafts, good: {"model": good},
+    "k_zero": lambda drafts, good: {"model": good, "num_speculative_tokens": 0},
+    "bad_mode": lambda drafts, good: {"model": good, "num_speculative_tokens": 4, "pard2_mode": "td"},
+    "unknown_key": lambda drafts, good: {"model": good, "num_speculative_tokens": 4, "num_speculativ_tokens": 3},
+    "no_pard_token": lambda drafts, good: {"model": drafts["no_pard_token"], "num_speculative_tokens": 4},
+    "vocab_mismatch": lambda drafts, good: {"model": drafts["vocab_mismatch"], "num_speculative_tokens": 4},
+}
+
+
+@pytest.mark.parametrize("case", sorted(ALIAS_CASES))
+def test_alias_flags_give_the_same_errors(tiny_pair, bad_drafts, case):
+    """``LLM(spec_method="pard2", spec_model=..., spec_tokens=...)`` (the
+    ``--spec-*`` flags) is checked exactly like the speculative_config dict."""
+    request = ALIAS_CASES[case](bad_drafts, str(tiny_pair["draft_qwen3"]))
+    from_dict = expect_error(tiny_pair["target"], {"method": "pard2", **request})
+    rest = {k: v for k, v in request.items() if k not in ("model", "num_speculative_tokens")}
+    aliases = {"spec_method": "pard2", "spec_model": request["model"]}
+    aliases["spec_tokens"] = request.get("num_speculative_tokens")
+    assert expect_error(tiny_pair["target"], rest or None, **aliases) == from_dict
+
+
 def test_other_methods_still_validated(tiny_pair):
     """Extending the method Literal must not let arbitrary names through."""
     with pytest.raises(Exception, match="pard3"):
@@ -165,7 +197,7 @@ def test_other_methods_still_validated(tiny_pair):
 
 
 def test_unsupported_vllm_version_message():
-    with pytest.raises(RuntimeError, match=r"supports vLLM 0\.32\.x only, but vLLM 0\.33\.1 is installed"):
+    with pytest.raises(RuntimeError, match=r"supports vLLM 0\.32\.x and 0\.34\.x only, but vLLM 0\.33\.1 is installed"):
         check_vllm_version("0.33.1")
     check_vllm_version("0.32.0")
 

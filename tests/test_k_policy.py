@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from vllm_pard2.schedule import AcceptanceTracker, BatchAwareK, CostTable, choose_k, expected_tokens
+from vllm_pard2.schedule import AcceptanceTracker, CostTable, choose_k, expected_tokens
 
 K_MAX = 8
 
@@ -95,15 +95,13 @@ def test_tracker_leaves_unreached_positions_alone() -> None:
     assert tracker.alpha[0] < 0.7 and tracker.alpha[1:] == [0.7, 0.7]
 
 
-def test_policy_probes_k_max_and_exports_a_vllm_schedule() -> None:
-    policy = BatchAwareK(gpu_like_costs(), k_max=K_MAX, probe_every=4)
-    policy.tracker.alpha = [0.8] * K_MAX
-    picks = [policy.choose(128) for _ in range(8)]
-    assert picks.count(K_MAX) == 2 and picks.count(0) == 6
-    schedule = policy.schedule(160)
-    assert schedule[0][0] == 1 and schedule[-1][1] == 160
-    assert all(prev[1] + 1 == nxt[0] for prev, nxt in zip(schedule, schedule[1:], strict=False))
-    assert schedule[0][2] > schedule[-1][2] == 0
+def test_tracker_counts_positions_of_mixed_k_steps() -> None:
+    """With a per-step k, request-steps draft different counts: a position's rate is
+    accepted / reached, where reached counts only request-steps that drafted it."""
+    tracker = AcceptanceTracker(k_max=3, decay=0.0, prior=0.5)  # decay 0: take the rate as is
+    # 4 request-steps reached position 1 (3 accepted it); 2 of those drafted position 2.
+    tracker.observe_positions([4, 2, 0], [3, 1, 0])
+    assert tracker.alpha == pytest.approx([0.75, 0.5, 0.5])
 
 
 def test_cost_table_from_measured_step_times() -> None:

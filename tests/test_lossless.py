@@ -39,6 +39,8 @@ def get_run(tiny_pair, prompts, k: int, draft: str, spec_extra: dict | None = No
     key = (k, draft, repr(spec_extra), tuple(sorted(overrides.items())))
     if key not in _runs:
         spec = {"method": "pard2", "model": str(tiny_pair[draft]), "num_speculative_tokens": k, **(spec_extra or {})}
+        if "num_speculative_tokens_per_batch_size" not in spec:
+            spec.setdefault("pard2_adaptive_k", False)  # fixed k unless a test asks otherwise
         settings = dict(enable_prefix_caching=True, enable_chunked_prefill=True, max_num_batched_tokens=CHUNK)
         settings.update(overrides)
         _runs[key] = run_engine(tiny_pair["target"], prompts, spec, **settings)
@@ -157,3 +159,16 @@ def test_batch_size_schedule_is_lossless(tiny_pair, prompts, baseline):
     assert single["vllm:spec_decode_num_draft_tokens"] == 4 * single["vllm:spec_decode_num_drafts"] > 0
     per_step = run.counters["vllm:spec_decode_num_draft_tokens"] / run.counters["vllm:spec_decode_num_drafts"]
     assert 2 < per_step < 4
+
+
+@pytest.mark.parametrize("k, draft", [(8, "draft_noisy"), (4, "draft_td")])
+def test_adaptive_k_is_lossless(tiny_pair, prompts, baseline, k, draft):
+    """pard2's default: the engine picks k in 0..K every step (exploration
+    at K and 0 first, then its own choice) while requests prefill in chunks,
+    hit the prefix cache and get aborted; lazy catch-up covers every k = 0
+    stretch. Outputs stay token-identical in TI and TD mode."""
+    run = get_run(tiny_pair, prompts, k, draft, spec_extra={"pard2_adaptive_k": True})
+    for scenario in SCENARIOS:
+        want = baseline.outputs["bs1"] if scenario != "aborted" else baseline.outputs["aborted"]
+        assert_same_outputs(run.outputs[scenario], want, f"pard2 adaptive k={k} {draft} {scenario}")
+    assert run.counters["vllm:spec_decode_num_drafts"] > 0

@@ -92,7 +92,7 @@ def no_spec_samples(soft_pair):
 
 
 def pard2_spec(soft_pair) -> dict:
-    return {"method": "pard2", "model": str(soft_pair["draft"]), "num_speculative_tokens": 4}
+    return {"method": "pard2", "model": str(soft_pair["draft"]), "num_speculative_tokens": 4, "pard2_adaptive_k": False}
 
 
 def test_sampling_matches_no_speculation(soft_pair, no_spec_samples):

@@ -194,7 +194,7 @@ def _config(path: Path):
 def _vllm_config(target: Path, draft: Path, **extra):
     from vllm.engine.arg_utils import EngineArgs
 
-    spec = {"method": "pard2", "model": str(draft), "num_speculative_tokens": K, **extra}
+    spec = {"method": "pard2", "model": str(draft), "num_speculative_tokens": K, "pard2_adaptive_k": False, **extra}
     return EngineArgs(model=str(target), speculative_config=spec, **engine_kwargs()).create_engine_config()
 
 
@@ -294,7 +294,7 @@ def oracle_run(tiny_pair, prompts):
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    spec = {"method": "pard2", "model": str(tiny_pair["draft_td"]), "num_speculative_tokens": K}
+    spec = {"method": "pard2", "model": str(tiny_pair["draft_td"]), "num_speculative_tokens": K, "pard2_adaptive_k": False}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         llm = LLM(

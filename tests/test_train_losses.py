@@ -155,3 +155,81 @@ def test_config_validation_lists_every_problem(tmp_path):
     message = str(err.value)
     for fragment in ("target_model", "cod_ratio", "init_model / model"):
         assert fragment in message
+
+
+def test_runtime_keys_reject_unknown_values_with_the_choices(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"text": "x = 1"}\n')
+    base = {"objective": "ar", "output_dir": "o", "data": "d.jsonl", "model": {}, "tokenizer": "t"}
+    with pytest.raises(TrainConfigError) as err:
+        config_from_dict({**base, "device": "gpu", "precision": "fp16", "attention": "sparse"}, tmp_path)
+    message = str(err.value)
+    assert "'gpu' is not one of auto, cpu, cuda" in message
+    assert "'fp16' is not one of fp32, bf16" in message
+    assert "'sparse' is not one of auto, flex, dense" in message
+    cfg = config_from_dict({**base, "device": "cpu", "precision": "bf16"}, tmp_path)
+    assert (cfg.device, cfg.precision, cfg.attention) == ("cpu", "bf16", "auto")
+    with pytest.raises(TrainConfigError, match="no FlexAttention backward on CPU"):
+        config_from_dict({**base, "device": "cpu", "attention": "flex"}, tmp_path)
+
+
+def random_cod_batch(gen: torch.Generator, bsz: int, max_len: int, para_num: int, min_len: int = 3):
+    """Padded (depth, position) of random COD layouts (-1 depth = padding) and each sample's layout."""
+    layouts = []
+    for _ in range(bsz):
+        seq_len = int(torch.randint(min_len, max_len + 1, (1,), generator=gen))
+        ratio = float(torch.empty(1).uniform_(0.3, 1.0, generator=gen))
+        layouts.append(BlockLayout.from_kept(sample_cod_positions(seq_len, para_num, ratio, 0.1, gen)))
+    width = max(len(lay) for lay in layouts)
+    depth = torch.full((bsz, width), -1, dtype=torch.long)
+    position = torch.zeros((bsz, width), dtype=torch.long)
+    for b, lay in enumerate(layouts):
+        depth[b, : len(lay)], position[b, : len(lay)] = lay.depth, lay.position
+    return depth, position, layouts
+
+
+def expected_batch_mask(layouts: list[BlockLayout], width: int) -> torch.Tensor:
+    """Each sample's own rule (BlockLayout.attention_allowed); padding rows see only themselves."""
+    expected = torch.eye(width, dtype=torch.bool).repeat(len(layouts), 1, 1)
+    for b, lay in enumerate(layouts):
+        expected[b, : len(lay), : len(lay)] = lay.attention_allowed()
+        expected[b, : len(lay), len(lay) :] = False
+    return expected
+
+
+def test_flex_mask_mod_and_block_mask_equal_the_dense_mask_on_random_cod_layouts():
+    from torch.nn.attention.flex_attention import create_mask
+
+    from vllm_pard2.train.attention import dense_mask, flex_block_mask, pard_mask_mod
+
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(6):
+        depth, position, layouts = random_cod_batch(gen, bsz=3, max_len=40, para_num=2 + 3 * trial)
+        width = depth.shape[1]
+        expected = expected_batch_mask(layouts, width)
+        assert torch.equal(dense_mask(depth, position)[:, 0], expected)
+        from_mask_mod = create_mask(pard_mask_mod(depth, position), 3, None, width, width, device="cpu")
+        assert torch.equal(from_mask_mod[:, 0], expected)
+        # the BlockMask keeps every tile that holds an allowed cell and applies mask_mod inside it
+        block = flex_block_mask(depth, position)
+        size = block.BLOCK_SIZE[0]
+        tiles = block.to_dense()[:, 0].bool()
+        q_tile = torch.arange(width) // size
+        assert tiles[:, q_tile[:, None], q_tile[None, :]][expected].all()
+
+
+def test_block_mask_is_sparse_and_flex_attention_matches_sdpa_with_the_dense_mask():
+    """Forward only: torch 2.13 has no FlexAttention backward on CPU (training uses it on GPU)."""
+    import torch.nn.functional as F
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from vllm_pard2.train.attention import dense_mask, flex_block_mask
+
+    gen = torch.Generator().manual_seed(1)
+    depth, position, _ = random_cod_batch(gen, bsz=2, max_len=300, para_num=8, min_len=250)
+    block = flex_block_mask(depth, position)
+    assert block.sparsity() > 30, block  # percent of 128x128 tiles never computed
+    q, k, v = (torch.randn(2, 2, depth.shape[1], 16, generator=gen) for _ in range(3))
+    with torch.no_grad():
+        flex = flex_attention(q, k, v, block_mask=block)
+        dense = F.scaled_dot_product_attention(q, k, v, attn_mask=dense_mask(depth, position))
+    torch.testing.assert_close(flex, dense, rtol=1e-5, atol=1e-5)

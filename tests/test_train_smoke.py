@@ -100,6 +100,31 @@ def test_cli_reports_config_errors(tmp_path):
     assert "pard3" in result.stderr and "missing.jsonl" in result.stderr
 
 
+def test_bf16_autocast_step_tracks_fp32(tiny_pair, slice_data, tmp_path):
+    """precision: bf16 autocasts the draft (fp32 master weights) and loads the frozen target in
+    bf16 on the training device; the first-step loss stays close to the fp32 one."""
+    common = dict(
+        objective="pard2",
+        init_model=str(tiny_pair["draft_qwen3"]),
+        target_model=str(tiny_pair["target"]),
+        pard2_target_layers=[-1, -2],
+        para_num=4,
+        device="cpu",
+        resume=False,
+    )
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        raw = dict(output_dir=str(tmp_path / precision), data=[str(slice_data)], seq_len=40, batch_size=4, steps=1)
+        trainer = Trainer(config_from_dict(dict(raw, precision=precision, **common)))
+        assert trainer.target.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+        assert trainer.model.dtype == torch.float32 and trainer.target.device.type == "cpu"
+        summary = trainer.train()
+        assert summary["precision"] == precision
+        losses[precision] = summary["final"]["loss"]
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.03)
+    assert losses["bf16"] != losses["fp32"], "bf16 autocast did not change the arithmetic"
+
+
 def test_export_layout(tiny_pair, trained):
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM

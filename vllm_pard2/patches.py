@@ -39,33 +39,53 @@ def apply_all() -> None:
     patch_speculative_post_init()
     patch_speculative_compute_hash()
     patch_uses_draft_model()
+    patch_verify_equal_vocab_size()
     patch_vllm_config_post_init()
     patch_use_v2_model_runner()
     patch_create_speculative_config()
     patch_draft_model_proposer_factory()
     patch_aux_layers_from_config()
     patch_cpu_expand_batch_to_tokens()
+    patch_speculative_adaptive_k_field()
+    patch_scheduler_init()
+    patch_scheduler_make_spec_decoding_stats()
+    patch_scheduler_update_from_output()
+    patch_scheduler_stats_adaptive_k_field()
+    patch_prometheus_stat_logger_record()
+
+
+# pard2 configs that `_as_draft_model` presents as "draft_model" right now (by identity).
+_masked_specs: list[Any] = []
 
 
 def _is_pard2(spec: Any) -> bool:
-    return spec is not None and getattr(spec, "method", None) == PARD2_METHOD
+    """True for a pard2 ``SpeculativeConfig``, also while it is masked as
+    draft_model (so predicates asked during vLLM's post-init still see pard2)."""
+    if spec is None:
+        return False
+    return getattr(spec, "method", None) == PARD2_METHOD or any(spec is masked for masked in _masked_specs)
 
 
 def _requests_pard2(engine_args: Any) -> bool:
-    """True when an ``EngineArgs`` carries a pard2 speculative config dict."""
-    spec = engine_args.speculative_config
-    return isinstance(spec, dict) and spec.get("method") == PARD2_METHOD
+    """True when an ``EngineArgs`` asks for pard2 (config dict or alias flags)."""
+    spec = pard2_config.requested_speculative_config(engine_args)
+    return spec is not None and spec.get("method") == PARD2_METHOD
 
 
 @contextlib.contextmanager
 def _as_draft_model(spec: Any) -> Iterator[None]:
     """Let vLLM code that compares method names see pard2 as "draft_model"
-    (with parallel drafting, which pard2 always uses)."""
+    (with parallel drafting, which pard2 always uses). Re-entrant."""
+    if any(spec is masked for masked in _masked_specs):
+        yield
+        return
     spec.method = "draft_model"
     spec.parallel_drafting = True
+    _masked_specs.append(spec)
     try:
         yield
     finally:
+        _masked_specs[:] = [masked for masked in _masked_specs if masked is not spec]
         spec.method = PARD2_METHOD
 
 
@@ -215,7 +235,10 @@ def patch_use_v2_model_runner() -> None:
     vLLM already falls back to V1 for parallel drafting). Model Runner V2 would
     treat a patched ``uses_draft_model()`` as an autoregressive
     ``StandaloneARSpeculator`` and silently lose parallel drafting, so force V1
-    for pard2 even when ``VLLM_USE_V2_MODEL_RUNNER=1``.
+    for pard2 even when ``VLLM_USE_V2_MODEL_RUNNER=1``. ``_is_pard2`` also
+    recognises the config while ``VllmConfig.__post_init__`` sees it as
+    draft_model, so post-init configures for V1 (the runner that is built):
+    V1 validation, V1 async-scheduling and CUDA-graph choices.
     """
     from vllm.config.vllm import VllmConfig
 
@@ -238,13 +261,16 @@ def patch_use_v2_model_runner() -> None:
 def patch_create_speculative_config() -> None:
     """``EngineArgs.create_speculative_config``.
 
-    The one place where the CLI JSON and ``LLM(speculative_config=dict)`` turn
+    The one place where the CLI (``--speculative-config`` JSON or the alias
+    flags ``--spec-method/--spec-model/--spec-tokens``) and ``LLM(...)`` turn
     into a ``SpeculativeConfig``, in the front-end process before any engine
-    starts. Validate a pard2 config here, outside pydantic, so each error is a
-    plain ``Pard2ConfigError`` that names the fix rather than a validation dump:
-    keys and values before the draft config is built, mask token and
-    vocabulary after.
+    starts. Check a pard2 request here, on the config as vLLM will merge it,
+    outside pydantic, so each error is a plain ``Pard2ConfigError`` that names
+    the fix rather than a validation dump; apply pard2's defaults; after the
+    config is built (mask token and vocabulary checked by its validator),
+    resolve ``pard2_mode``.
     """
+    from pydantic import ValidationError
     from vllm.config.speculative import SpeculativeConfig
     from vllm.engine.arg_utils import EngineArgs
 
@@ -253,41 +279,69 @@ def patch_create_speculative_config() -> None:
 
     @functools.wraps(original)
     def create_speculative_config(self, *args, **kwargs):
-        if _requests_pard2(self):
-            spec = {k.replace("-", "_"): v for k, v in self.speculative_config.items()}
-            pard2_config.check_keys(spec, set(SpeculativeConfig.__dataclass_fields__) - internal)
-            if spec.get("parallel_drafting") is False:
-                raise pard2_config.Pard2ConfigError(
-                    "pard2 always drafts in parallel: remove 'parallel_drafting': false "
-                    "(use method 'draft_model' for autoregressive drafting)."
-                )
-            pard2_config.check_num_speculative_tokens(spec.get("num_speculative_tokens"))
-            pard2_config.check_pard2_mode(spec.get("pard2_mode"))
-            pard2_config.check_k_schedule(spec.get("num_speculative_tokens_per_batch_size"))
-            pard2_config.check_draft_path(spec.get("model"))
+        adaptive_k = False
+        spec = pard2_config.requested_speculative_config(self)
+        if spec is not None and spec.get("method") == PARD2_METHOD:
+            pard2_config.check_request(spec, set(SpeculativeConfig.__dataclass_fields__) - internal)
+            adaptive_k = pard2_config.check_adaptive_k(
+                spec.get("pard2_adaptive_k"), spec.get("num_speculative_tokens_per_batch_size")
+            )
             if "draft_sample_method" not in spec:
                 # Lossless either way; drafting from q and handing q to the rejection
                 # sampler raises acceptance at temperature > 0 (greedy requests still
-                # draft argmax).
-                self.speculative_config = {**self.speculative_config, "draft_sample_method": "probabilistic"}
-        elif isinstance(self.speculative_config, dict) and "pard2_mode" in self.speculative_config:
+                # draft argmax). vLLM merges the alias flags into this dict.
+                self.speculative_config = {**(self.speculative_config or {}), "draft_sample_method": "probabilistic"}
+        elif spec is not None and (pard2_keys := sorted({"pard2_mode", "pard2_adaptive_k"} & set(spec))):
             raise pard2_config.Pard2ConfigError(
-                "'pard2_mode' applies to method 'pard2' only; remove it or set \"method\": \"pard2\"."
+                f"'{pard2_keys[0]}' applies to method 'pard2' only; remove it or set \"method\": \"pard2\"."
             )
-        result = original(self, *args, **kwargs)
+        try:
+            result = original(self, *args, **kwargs)
+        except ValidationError as exc:
+            pard2_error = pard2_config.unwrap_pard2_error(exc)
+            if pard2_error is None:
+                raise
+            raise pard2_error from None
         if _is_pard2(result):
             from vllm_pard2.checkpoint import choose_mode
+            from vllm_pard2.schedule.engine import marker_schedule
 
-            pard2_config.check_draft_against_target(
-                result.draft_model_config.hf_config,
-                draft_vocab=result.draft_model_config.get_vocab_size(),
-                target_vocab=result.target_model_config.get_vocab_size(),
-                draft_name=str(result.model),
-            )
             result.pard2_mode = choose_mode(result)
+            result.pard2_adaptive_k = adaptive_k
+            if adaptive_k:  # vLLM then runs as with a per-step k (docs/batch_aware_k.md)
+                result.num_speculative_tokens_per_batch_size = marker_schedule(result.num_speculative_tokens)
         return result
 
     EngineArgs.create_speculative_config = create_speculative_config
+
+
+def patch_verify_equal_vocab_size() -> None:
+    """``SpeculativeConfig.verify_equal_vocab_size_if_draft_model``.
+
+    vLLM's draft/target vocabulary check, run by the config validator
+    (``_verify_args``, front end) and again by ``DraftModelProposer.__init__``
+    (worker). It compares ``method == "draft_model"``, so it skipped pard2.
+    For pard2 run pard2's check first (mask token; a vocabulary message that
+    names the fix), then vLLM's own with the config seen as draft_model.
+    """
+    from vllm.config.speculative import SpeculativeConfig
+
+    original = SpeculativeConfig.verify_equal_vocab_size_if_draft_model
+
+    @functools.wraps(original)
+    def verify_equal_vocab_size_if_draft_model(self) -> None:
+        if not _is_pard2(self) or self.draft_model_config is None or self.target_model_config is None:
+            return original(self)
+        pard2_config.check_draft_against_target(
+            self.draft_model_config.hf_config,
+            draft_vocab=self.draft_model_config.get_vocab_size(),
+            target_vocab=self.target_model_config.get_vocab_size(),
+            draft_name=str(self.model),
+        )
+        with _as_draft_model(self):
+            original(self)
+
+    SpeculativeConfig.verify_equal_vocab_size_if_draft_model = verify_equal_vocab_size_if_draft_model
 
 
 def patch_draft_model_proposer_factory() -> None:
@@ -360,6 +414,155 @@ def patch_cpu_expand_batch_to_tokens() -> None:
     from vllm_pard2.sampling import expand_batch_to_tokens
 
     rejection_sampler.expand_batch_to_tokens = expand_batch_to_tokens
+
+
+def _add_dataclass_field(cls: type, name: str, annotation: Any, default: Any) -> bool:
+    """Give a vLLM config/stats dataclass one more field with a default (so it is
+    validated, pickled, msgpack-encoded and kept by ``dataclasses.replace``); False
+    if it is already there."""
+    import dataclasses
+
+    if name in cls.__dataclass_fields__:
+        return False
+    field = dataclasses.field(default=default)
+    field.name, field.type, field._field_type = name, annotation, dataclasses._FIELD  # type: ignore[attr-defined]
+    cls.__dataclass_fields__[name] = field
+    cls.__annotations__[name] = annotation
+    setattr(cls, name, default)
+    return True
+
+
+def patch_speculative_adaptive_k_field() -> None:
+    """``SpeculativeConfig`` fields: add ``pard2_adaptive_k``.
+
+    The config forbids extra keys. The user's value is true, false or absent
+    (checked as a JSON boolean before the config is built); afterwards the
+    field holds whether the engine picks k per step (docs/batch_aware_k.md).
+    """
+    import pydantic
+    from vllm.config.speculative import SpeculativeConfig
+
+    if _add_dataclass_field(SpeculativeConfig, "pard2_adaptive_k", bool | None, None):
+        pydantic.dataclasses.rebuild_dataclass(SpeculativeConfig, force=True)
+
+
+def patch_scheduler_init() -> None:
+    """``vllm.v1.core.sched.scheduler.Scheduler.__init__`` (and so ``AsyncScheduler``).
+
+    The scheduler reads ``self.dynamic_sd_lookup[batch_size]`` once per step
+    for the k it sends to the runner. For pard2 with adaptive k, replace the
+    dense list built from the marker schedule by a lookup that asks the
+    controller (``vllm_pard2.schedule.engine``).
+    """
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    original = Scheduler.__init__
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs) -> None:
+        original(self, *args, **kwargs)
+        self.pard2_k_runtime = None
+        spec = self.vllm_config.speculative_config
+        if _is_pard2(spec) and getattr(spec, "pard2_adaptive_k", False):
+            from vllm_pard2.schedule.engine import install
+
+            install(self)
+
+    Scheduler.__init__ = __init__
+
+
+def patch_scheduler_make_spec_decoding_stats() -> None:
+    """``Scheduler.make_spec_decoding_stats``.
+
+    ``update_from_output`` calls it once per verified request with its drafts
+    and accepted drafts, before it checks whether stats are logged at all: the
+    acceptance feed of adaptive k, counted exactly as vLLM's own metrics.
+    """
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    original = Scheduler.make_spec_decoding_stats
+
+    @functools.wraps(original)
+    def make_spec_decoding_stats(self, spec_decoding_stats, num_draft_tokens, num_accepted_tokens,
+                                 num_invalid_spec_tokens, request_id):  # fmt: skip
+        runtime = getattr(self, "pard2_k_runtime", None)
+        if runtime is not None:
+            invalid = num_invalid_spec_tokens.get(request_id, 0) if num_invalid_spec_tokens else 0
+            runtime.on_request_verified(num_draft_tokens - invalid, num_accepted_tokens)
+        return original(self, spec_decoding_stats, num_draft_tokens, num_accepted_tokens,
+                        num_invalid_spec_tokens, request_id)  # fmt: skip
+
+    Scheduler.make_spec_decoding_stats = make_spec_decoding_stats
+
+
+def patch_scheduler_update_from_output() -> None:
+    """``Scheduler.update_from_output``.
+
+    Runs once per finished step in the engine-core process: time the step,
+    feed the controller, and put the step's k into the outgoing
+    ``SchedulerStats`` (the front end's Prometheus logger reads it).
+    """
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    from vllm_pard2.schedule.engine import STATS_FIELD
+
+    original = Scheduler.update_from_output
+
+    @functools.wraps(original)
+    def update_from_output(self, scheduler_output, model_runner_output):
+        outputs = original(self, scheduler_output, model_runner_output)
+        runtime = getattr(self, "pard2_k_runtime", None)
+        if runtime is not None:
+            k = runtime.on_step_end(scheduler_output, still_busy=self.has_unfinished_requests())
+            for engine_outputs in outputs.values():
+                if engine_outputs.scheduler_stats is not None:
+                    setattr(engine_outputs.scheduler_stats, STATS_FIELD, k)
+        return outputs
+
+    Scheduler.update_from_output = update_from_output
+
+
+def patch_scheduler_stats_adaptive_k_field() -> None:
+    """``vllm.v1.metrics.stats.SchedulerStats`` fields: add the step's k.
+
+    Scheduler stats travel from the engine core to the front end msgpack-encoded
+    field by field, so the k needs a real dataclass field (applied in both
+    processes, before any encoder or decoder is built).
+    """
+    from vllm.v1.metrics.stats import SchedulerStats
+
+    from vllm_pard2.schedule.engine import STATS_FIELD
+
+    _add_dataclass_field(SchedulerStats, STATS_FIELD, int | None, None)
+
+
+def patch_prometheus_stat_logger_record() -> None:
+    """``vllm.v1.metrics.loggers.PrometheusStatLogger.record``.
+
+    Export the k of each step (``vllm:pard2_num_speculative_tokens`` and a
+    histogram) next to ``vllm:spec_decode_*``. The metrics are created on the
+    first stats that carry a k, so non-pard2 servers gain nothing.
+    """
+    from vllm.v1.metrics.loggers import PrometheusStatLogger
+
+    from vllm_pard2.schedule.engine import STATS_FIELD
+
+    original = PrometheusStatLogger.record
+
+    @functools.wraps(original)
+    def record(self, scheduler_stats, iteration_stats, *args, **kwargs):
+        original(self, scheduler_stats, iteration_stats, *args, **kwargs)
+        if scheduler_stats is None or getattr(scheduler_stats, STATS_FIELD, None) is None:
+            return
+        prom = getattr(self, "_pard2_adaptive_k_prom", None)
+        if prom is None:
+            from vllm_pard2.schedule.metrics import AdaptiveKProm
+
+            prom = self._pard2_adaptive_k_prom = AdaptiveKProm(self)
+        engine_idx = kwargs.get("engine_idx", args[1] if len(args) > 1 else 0)
+        prom.observe(scheduler_stats, engine_idx)
+
+    PrometheusStatLogger.record = record
 
 
 def refuse_pard2(message: str) -> None:

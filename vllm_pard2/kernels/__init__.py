@@ -1,10 +1,16 @@
-"""pard2 drafter-step kernels: Triton on CUDA when triton imports, the torch reference otherwise.
+"""pard2 drafter-step input kernels: Triton on CUDA when triton imports, the torch reference otherwise.
+
+Run-time caller: the vLLM 0.34 adapter (``vllm_pard2.vllm034.speculator`` builds
+every drafter step's inputs with :func:`build_draft_inputs` and, in
+target-dependent mode, its features with :func:`gather_draft_features`;
+``vllm034.cudagraph`` keeps persistent :class:`DraftInputs` buffers). On
+vLLM 0.32 the proposer uses vLLM's own in-tree input build instead.
 
 There is one implementation per kernel in each language: the torch version in
-:mod:`.reference` is both the CPU path and the test oracle; the Triton
-versions (:mod:`.draft_inputs`, :mod:`.draft_kv`) are imported only when used,
-because ``vllm.triton_utils`` is a placeholder on CPU and Triton decides
-interpreter vs compiled mode when a kernel module is imported.
+:mod:`.reference` is both the CPU path and the test oracle; the Triton version
+(:mod:`.draft_inputs`) is imported only when used, because
+``vllm.triton_utils`` is a placeholder on CPU and Triton decides interpreter
+vs compiled mode when a kernel module is imported.
 
 ``impl``: ``"auto"`` (Triton for CUDA tensors when importable, else torch),
 ``"torch"`` or ``"triton"`` (e.g. CPU tensors under ``TRITON_INTERPRET=1``).
@@ -22,15 +28,10 @@ import torch
 from vllm_pard2.kernels.reference import (
     NO_FEATURE_ROW,
     PADDING_SLOT_ID,
-    SLOT_COMMITTED,
-    SLOT_SCRATCH,
-    SLOT_UNUSED,
     DraftInputs,
-    DraftKVPlan,
     build_draft_inputs_reference,
     draft_input_views,
     gather_draft_features,
-    plan_draft_kv_reference,
 )
 
 Impl = Literal["auto", "torch", "triton"]
@@ -38,14 +39,9 @@ Impl = Literal["auto", "torch", "triton"]
 __all__ = [
     "NO_FEATURE_ROW",
     "PADDING_SLOT_ID",
-    "SLOT_COMMITTED",
-    "SLOT_SCRATCH",
-    "SLOT_UNUSED",
     "DraftInputs",
-    "DraftKVPlan",
     "build_draft_inputs",
     "gather_draft_features",
-    "plan_draft_kv",
     "triton_available",
     "use_triton",
 ]
@@ -114,37 +110,3 @@ def build_draft_inputs(
     for field in dataclasses.fields(DraftInputs):
         getattr(views, field.name).copy_(getattr(result, field.name))
     return views
-
-
-def plan_draft_kv(
-    draft_query_start_loc: torch.Tensor,
-    start_positions: torch.Tensor,
-    num_real: torch.Tensor,
-    block_table: torch.Tensor,
-    *,
-    total_rows: int,
-    max_rows_per_request: int,
-    num_speculative_tokens: int,
-    block_size: int,
-    max_model_len: int,
-    impl: Impl = "auto",
-) -> DraftKVPlan:
-    """Slots and slot kinds one drafter step writes, and each request's committed/scratch range.
-
-    ``draft_query_start_loc``: the extended draft query layout; ``num_real[i]``:
-    verified tokens + bonus in request i's rows; ``total_rows`` and
-    ``max_rows_per_request`` are host ints (no sync). See :class:`DraftKVPlan`
-    and :mod:`vllm_pard2.kernels.draft_kv` for why no KV data is ever copied.
-    """
-    kwargs = dict(
-        total_rows=total_rows,
-        num_speculative_tokens=num_speculative_tokens,
-        block_size=block_size,
-        max_model_len=max_model_len,
-    )
-    args = (draft_query_start_loc, start_positions, num_real, block_table)
-    if use_triton(draft_query_start_loc.device, impl):
-        from vllm_pard2.kernels.draft_kv import plan_draft_kv_triton
-
-        return plan_draft_kv_triton(*args, max_rows_per_request=max_rows_per_request, **kwargs)
-    return plan_draft_kv_reference(*args, **kwargs)

@@ -13,8 +13,24 @@ import torch
 import triton
 import triton.language as tl
 
-from vllm_pard2.kernels.draft_kv import slots_for_positions_device
 from vllm_pard2.kernels.reference import DraftInputs, draft_input_sizes, draft_input_views
+
+
+@triton.jit
+def slots_for_positions_device(
+    block_table_ptr,
+    block_table_row,  # int64 offset of the request's block-table row
+    positions,  # int64 block
+    write,  # bool block: rows that write KV
+    block_size,
+    max_model_len,
+):
+    """Per-row KV slot; -1 where nothing must be written (mirrors ``compute_new_slot_mapping``)."""
+    clamped = tl.minimum(positions, max_model_len - 1)
+    block_number = tl.load(block_table_ptr + block_table_row + clamped // block_size, mask=write, other=0)
+    slots = block_number.to(tl.int64) * block_size + clamped % block_size
+    keep = write & (positions < max_model_len)
+    return tl.where(keep, slots, -1)
 
 
 @triton.jit

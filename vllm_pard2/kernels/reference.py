@@ -26,11 +26,6 @@ import torch
 PADDING_SLOT_ID = -1
 NO_FEATURE_ROW = -1
 
-# Kinds of draft KV slots written in one drafter step (see draft_kv.py).
-SLOT_COMMITTED = 0  # real token: verified, or the bonus; stays as history
-SLOT_SCRATCH = 1  # mask token: overwritten by the next step's real tokens
-SLOT_UNUSED = 2  # rejected pad or past max_model_len: nothing written
-
 
 @dataclass
 class DraftInputs:
@@ -58,23 +53,6 @@ class DraftInputs:
     query_start_loc: torch.Tensor  # [B+1] int32, every query extended by k
     seq_lens: torch.Tensor  # [B] int32, every sequence extended by k
     request_of_row: torch.Tensor  # [T + B*k] int32
-
-
-@dataclass
-class DraftKVPlan:
-    """Where one drafter step writes KV and what each written slot means.
-
-    ``committed_len[i]``: after the step, the request's draft KV for positions
-    ``[0, committed_len)`` is history (real tokens only). ``scratch_end[i]``:
-    mask-token KV was written at positions ``[committed_len, scratch_end)``;
-    those slots are reused in place by the next step's real tokens, so
-    rolling back the masks needs no copy and no free.
-    """
-
-    slot_mapping: torch.Tensor  # [N] int64
-    slot_kind: torch.Tensor  # [N] int8 (SLOT_COMMITTED / SLOT_SCRATCH / SLOT_UNUSED)
-    committed_len: torch.Tensor  # [B] int32
-    scratch_end: torch.Tensor  # [B] int32
 
 
 def draft_input_sizes(total_in: int, batch_size: int, k: int) -> dict[str, int]:
@@ -211,41 +189,3 @@ def gather_draft_features(
     carried = carried_features.index_select(0, draft.request_of_row.to(torch.int64))
     features = torch.where((rows >= 0).unsqueeze(1), own, carried)
     return features.masked_fill((draft.positions == 0).unsqueeze(1), 0)
-
-
-def plan_draft_kv_reference(
-    draft_query_start_loc: torch.Tensor,
-    start_positions: torch.Tensor,
-    num_real: torch.Tensor,
-    block_table: torch.Tensor,
-    *,
-    total_rows: int,
-    num_speculative_tokens: int,
-    block_size: int,
-    max_model_len: int,
-) -> DraftKVPlan:
-    """Torch implementation of :func:`vllm_pard2.kernels.plan_draft_kv`.
-
-    ``num_real[i]``: real tokens in request i's draft rows (verified + bonus);
-    they are followed by ``k - 1`` masks and then rejected pads. ``total_rows``
-    is ``draft_query_start_loc[-1]``, passed from the host to avoid a sync.
-    """
-    k = num_speculative_tokens
-    request_of_row, j = _row_layout(draft_query_start_loc, 0, total_rows)
-    real = num_real.to(torch.int64)[request_of_row]
-    positions = start_positions.to(torch.int64)[request_of_row] + j
-    is_real = j < real
-    is_mask = (j >= real) & (j < real + k - 1)
-    writes = (is_real | is_mask) & (positions < max_model_len)
-    slot_mapping = slots_for_positions(positions, request_of_row, block_table, block_size, max_model_len, writes)
-    kind = torch.full_like(j, SLOT_UNUSED)
-    kind = torch.where(writes & is_mask, torch.full_like(j, SLOT_SCRATCH), kind)
-    kind = torch.where(writes & is_real, torch.full_like(j, SLOT_COMMITTED), kind)
-    committed = (start_positions.to(torch.int64) + num_real.to(torch.int64)).clamp(max=max_model_len)
-    scratch_end = (committed + k - 1).clamp(max=max_model_len)
-    return DraftKVPlan(
-        slot_mapping=slot_mapping,
-        slot_kind=kind.to(torch.int8),
-        committed_len=committed.to(torch.int32),
-        scratch_end=scratch_end.to(torch.int32),
-    )

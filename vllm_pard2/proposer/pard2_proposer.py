@@ -17,15 +17,27 @@ so that every forward reads those rows (``fused_draft``).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from typing_extensions import override
 from vllm.logger import init_logger
+from vllm.v1.sample.metadata import SamplingMetadata
 from vllm.v1.spec_decode.draft_model import DraftModelProposer
 
 from vllm_pard2.checkpoint import TARGET_DEPENDENT, find_projection_file, load_projection, read_pard2_spec
+from vllm_pard2.proposer.catch_up import DraftLag, catch_up_slots, insert_rows, merged_slot_mapping, plan_catch_up
+from vllm_pard2.proposer.draft_probs import DraftProbs
 from vllm_pard2.proposer.fused_draft import FusedInputDraft
-from vllm_pard2.proposer.target_features import FeatureCarry, fuse_features, permute_projection, plan_layers, project
+from vllm_pard2.proposer.input_contract import install_if_requested
+from vllm_pard2.proposer.target_features import (
+    FeatureCarry,
+    fuse_features,
+    last_verified_rows,
+    permute_projection,
+    plan_layers,
+    project,
+)
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm": vLLM configures only that logger tree
 
@@ -33,6 +45,9 @@ logger = init_logger(f"vllm.{__name__}")  # under "vllm": vLLM configures only t
 class Pard2Proposer(DraftModelProposer):
     def __init__(self, vllm_config, device, runner=None) -> None:
         super().__init__(vllm_config=vllm_config, device=device, runner=runner)
+        self.runner = runner  # host copies of the batch: token ids, positions, request ids
+        self.lag = DraftLag()  # requests whose draft KV k = 0 steps left behind
+        self.draft_probs = _make_draft_probs(self, device)
         self.target_dependent = getattr(self.speculative_config, "pard2_mode", None) == TARGET_DEPENDENT
         if not self.target_dependent:
             return
@@ -45,7 +60,6 @@ class Pard2Proposer(DraftModelProposer):
         # The runner then unpacks (hidden_states, aux) from the target and hands
         # the concatenated aux states to `propose` as target_hidden_states.
         runner.use_aux_hidden_state_outputs = True
-        self.runner = runner
         self.fused_features = torch.zeros(self.max_num_tokens, self.hidden_size, dtype=self.dtype, device=device)
         logger.info(
             "pard2: target-dependent drafting from target layers %s (vLLM capture ids %s)",
@@ -71,14 +85,16 @@ class Pard2Proposer(DraftModelProposer):
         With vLLM's ``num_speculative_tokens_per_batch_size`` the scheduler picks
         k <= K per step from the batch size. Drafts 1..k read only the real tokens
         and the first k-1 masks (causal attention), so a pass with k-1 masks gives
-        the same k drafts as one with K-1 and costs less. At k = 0 the pass keeps
-        just the new real tokens (bonus included), so every committed token still
-        enters the draft KV once and, in TD mode, the carried feature moves on.
-        The mask slots are scratch either way: the next step's real tokens
-        start at the first mask position.
+        the same k drafts as one with K-1 and costs less. At k = 0 there is no
+        drafter pass at all: the requests fall behind and the next drafting
+        step catches their draft KV up (``catch_up``). The mask slots are
+        scratch either way: the next step's real tokens start at the first
+        mask position.
         """
         max_k = self.speculative_config.num_speculative_tokens
         k = min(num_speculative_tokens, max_k)
+        if k == 0 and self.runner is not None:
+            return self._skip_drafter(**kwargs)
         # vLLM reads these two per call (input build, slot mapping, query
         # extension); a draft model gets no target hidden states, so they are equal.
         self.extra_slots_per_request = self.net_num_new_slots_per_request = max(k, 1)
@@ -98,8 +114,12 @@ class Pard2Proposer(DraftModelProposer):
     @override
     def load_model(self, target_model: nn.Module) -> None:
         super().load_model(target_model)
-        if not self.target_dependent:
-            return
+        if self.target_dependent:
+            self._load_target_projection(target_model)
+        self.input_address_check = install_if_requested(self.model)
+
+    def _load_target_projection(self, target_model: nn.Module) -> None:
+        """TD mode: the projection, the carried features and the fused-input wrapper."""
         path = find_projection_file(self.draft_model_config.model)
         if path is None:
             raise RuntimeError(f"pard2: target projection file not found for draft {self.draft_model_config.model}")
@@ -113,7 +133,8 @@ class Pard2Proposer(DraftModelProposer):
             if self.proj_bias is None
             else self.pard2_spec.scale * self.proj_bias
         )
-        self.final_norm = _final_norm(target_model) if self.layer_plan.normed_block is not None else None
+        num_layers = self.vllm_config.model_config.hf_text_config.num_hidden_layers
+        self.final_norm = _final_norm(target_model, num_layers) if self.layer_plan.normed_block is not None else None
         self.carry = FeatureCarry(self.hidden_size, self.dtype, self.device, capacity=2 * self.max_batch_size)
         self.model = FusedInputDraft(self.model, self.fused_features)
 
@@ -153,14 +174,126 @@ class Pard2Proposer(DraftModelProposer):
                 self.carry.slots(req_ids, self.runner.requests),
                 self.fused_features,
             )
+        if self.runner is not None:
+            return self._catch_up(num_tokens, token_indices_to_sample, new_cad)
         return num_tokens, token_indices_to_sample, new_cad
 
+    def _batch(self, batch_size: int) -> tuple[list[str], np.ndarray]:
+        """Request ids and their step's first position (the runner's host state)."""
+        self.lag.forget(self.runner.requests)
+        starts = self.runner.input_batch.num_computed_tokens_cpu[:batch_size]
+        return self.runner.input_batch.req_ids[:batch_size], starts
 
-def _final_norm(target_model: nn.Module) -> nn.Module:
-    """The target's final norm (Hugging Face's hidden_states[-1] is after it)."""
-    holder = target_model.get_language_model() if hasattr(target_model, "get_language_model") else target_model
-    holder = getattr(holder, "model", holder)
-    norm = getattr(holder, "norm", None)
+    def _skip_drafter(self, *, common_attn_metadata, target_hidden_states, target_positions,
+                      num_rejected_tokens_gpu=None, **_) -> torch.Tensor:  # fmt: skip
+        """k = 0: no forward. Mark the batch behind; in TD mode move each
+        request's carried feature to its last verified row (a B-row projection)."""
+        self._last_draft_probs = None
+        batch_size = common_attn_metadata.batch_size()
+        req_ids, starts = self._batch(batch_size)
+        self.lag.skip(req_ids, starts)
+        if self.target_dependent:
+            rows = last_verified_rows(common_attn_metadata.query_start_loc[: batch_size + 1], num_rejected_tokens_gpu)
+            projected = project(
+                target_hidden_states[rows],
+                self.proj_weight,
+                self.proj_bias,
+                self.pard2_spec.scale,
+                self.layer_plan,
+                self.final_norm,
+                self.target_hidden,
+            )
+            slots = self.carry.slots(req_ids, self.runner.requests)
+            self.carry.value[slots] = projected
+            self.carry.position[slots] = target_positions[rows].long()
+        return torch.empty(batch_size, 0, dtype=torch.int64, device=self.device)
+
+    def _catch_up(self, num_tokens: int, token_indices_to_sample: torch.Tensor, cad):
+        """Prepend the tokens that k = 0 steps left out of the draft KV (``catch_up``)."""
+        if not self.lag.num_behind:
+            return num_tokens, token_indices_to_sample, cad
+        batch_size = cad.batch_size()
+        req_ids, starts = self._batch(batch_size)
+        begins, lengths = self.lag.take(req_ids, starts, budget=self.max_num_tokens - num_tokens)
+        if not lengths.any():
+            return num_tokens, token_indices_to_sample, cad
+        plan = plan_catch_up(
+            cad.query_start_loc_cpu.numpy(),
+            begins,
+            lengths,
+            self.runner.input_batch.token_ids_cpu,
+            np.arange(batch_size),
+            self.device,
+        )
+        insert_rows(self.input_ids, plan, plan.token_ids)
+        insert_rows(self.positions, plan, plan.positions)
+        if self.target_dependent:
+            insert_rows(self.fused_features, plan, self.zero_feature.expand(plan.positions.shape[0], -1))
+        slots = catch_up_slots(plan, cad.block_table_tensor, self.block_size)
+        shift = plan.sample_shift.repeat_interleave(self.extra_slots_per_request)
+        new_cad = cad.replace(
+            query_start_loc=plan.query_start_loc_cpu.to(self.device, non_blocking=True),
+            query_start_loc_cpu=plan.query_start_loc_cpu,
+            num_actual_tokens=plan.num_rows,
+            max_query_len=plan.max_query_len,
+            slot_mapping=merged_slot_mapping(cad.slot_mapping, plan, slots),
+            _num_computed_tokens_cache=None,
+            _token_to_req_indices_cache=None,
+        )
+        return plan.num_rows, (token_indices_to_sample.long() + shift).to(token_indices_to_sample.dtype), new_cad
+
+    @override
+    def _sample_from_logits(
+        self, logits: torch.Tensor, sampling_metadata: SamplingMetadata
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Probabilistic drafts with q in the reserved buffer and the noise in chunks (``draft_probs``)."""
+        if self.draft_probs is None or sampling_metadata.all_greedy:
+            return super()._sample_from_logits(logits, sampling_metadata)
+        return self.draft_probs.sample_with_metadata(logits, sampling_metadata)
+
+    @override
+    @torch.inference_mode()
+    def dummy_run(self, num_tokens: int, use_cudagraphs: bool = True, is_graph_capturing: bool = False,
+                  slot_mappings: dict[str, torch.Tensor] | None = None) -> None:  # fmt: skip
+        """The forward, then, at the largest size, one full probabilistic sampling step.
+
+        The GPU worker sizes the KV cache in ``determine_available_memory``:
+        ``memory_profiling`` resets the allocator's peak, runs
+        ``GPUModelRunner.profile_run``, and charges the KV cache with the memory
+        consumed since start-up plus (peak - allocated) of that run.
+        ``profile_run`` calls ``_dummy_run(max_num_batched_tokens, is_profile=True)``,
+        which calls this with ``num_tokens`` = ``max_num_batched_tokens``
+        (= ``self.max_num_tokens``) and not capturing; so the draft logits and
+        the noise chunk of ``max_num_seqs * K`` rows are in that peak, and the
+        q buffer (allocated in ``__init__``) in the consumed memory. Later calls
+        of that size (kernel warm-up) repeat it harmlessly; smaller ones (CUDA
+        graph sizes, data-parallel idle steps) and graph captures skip it. The
+        CPU worker profiles only when it sizes the KV cache from memory, through
+        the same ``profile_run``.
+        """
+        super().dummy_run(num_tokens, use_cudagraphs, is_graph_capturing, slot_mappings)
+        if self.draft_probs is not None and not is_graph_capturing and num_tokens >= self.max_num_tokens:
+            self.draft_probs.reserve(self.model.compute_logits, self.hidden_size, self.dtype)
+
+
+def _make_draft_probs(proposer: Pard2Proposer, device) -> DraftProbs | None:
+    """The q buffer for ``max_num_seqs * K`` draft rows, when drafts are sampled from q."""
+    if not proposer._enable_probabilistic_draft_probs:
+        return None
+    return DraftProbs(
+        max_rows=proposer.max_batch_size * proposer.speculative_config.num_speculative_tokens,
+        vocab_size=proposer.draft_model_config.get_vocab_size(),
+        device=device,
+        use_fp64_gumbel=proposer.use_fp64_gumbel,
+    )
+
+
+def _final_norm(target_model: nn.Module, num_layers: int) -> nn.Module:
+    """The target's final norm (Hugging Face's hidden_states[-1] is after it),
+    found by the same function the front end used to choose TD mode."""
+    from vllm_pard2.checkpoint import find_final_norm
+
+    norm = find_final_norm(target_model, num_layers)
     if norm is None:
         raise RuntimeError(f"pard2: cannot find the final norm of target {type(target_model).__name__}")
     return norm

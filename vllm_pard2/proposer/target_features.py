@@ -83,7 +83,13 @@ def draft_row_sources(
     draft_start = qsl[:-1] + extra_slots * torch.arange(batch_size, device=qsl.device)
     local = torch.arange(num_draft_rows, device=qsl.device) - draft_start[request]
     source_row = qsl[request] + torch.minimum(local, num_valid[request]) - 1
-    return source_row.clamp_(min=0), draft_start, qsl[:-1] + num_valid - 1
+    return source_row.clamp_(min=0), draft_start, last_verified_rows(qsl, num_rejected)
+
+
+def last_verified_rows(query_start_loc: torch.Tensor, num_rejected: torch.Tensor | None) -> torch.Tensor:
+    """Each request's last verified target row (the state its next row pairs with)."""
+    last = query_start_loc[1:].long() - 1
+    return last if num_rejected is None else last - num_rejected.long()
 
 
 def project(

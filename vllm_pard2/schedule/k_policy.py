@@ -1,6 +1,6 @@
 """Batch-aware k: per step, the number of drafts that maximises expected tokens/s.
 
-Model (docs/batch_aware_k.md has the derivation and the V1 wiring plan):
+Model (docs/batch_aware_k.md has the derivation):
 
 - Acceptance. ``alpha[i]`` (i = 1..k_max) is the conditional probability that
   draft i is accepted given drafts 1..i-1 were, tracked as an exponential moving
@@ -19,8 +19,8 @@ Model (docs/batch_aware_k.md has the derivation and the V1 wiring plan):
   than no speculation *under the model*. A larger k must beat the best smaller one
   by ``min_gain`` (relative) to be taken, which keeps the choice stable against
   noise in the tables.
-- Exploration: positions never drafted are never observed, so every
-  ``probe_every`` steps the policy proposes k_max once to refresh all alphas.
+- Online use: ``vllm_pard2.schedule.adaptive.AdaptiveK`` fills the cost table from
+  step times the engine measures and the acceptance from the scheduler's counters.
 """
 
 from __future__ import annotations
@@ -142,49 +142,16 @@ class AcceptanceTracker:
         """``num_drafts`` request-steps with ``len(accepted_per_pos)`` drafts each;
         ``accepted_per_pos[i]`` of them accepted draft i+1 (vLLM's per-position counter
         deltas). A position is updated only when its predecessor was accepted somewhere."""
-        reached = num_drafts
-        for i, accepted in enumerate(accepted_per_pos[: self.k_max]):
-            if reached <= 0:
-                break
-            rate = min(max(accepted / reached, 0.0), 1.0)
-            weight = self.decay ** min(reached, 64)  # many samples move the average more
+        reached = [num_drafts] + list(accepted_per_pos[:-1])
+        self.observe_positions(reached[: len(accepted_per_pos)], accepted_per_pos)
+
+    def observe_positions(self, reached: Sequence[int], accepted: Sequence[int]) -> None:
+        """``reached[i]`` request-steps drafted position i+1 with drafts 1..i all
+        accepted; ``accepted[i]`` of them accepted it too. Unlike ``observe`` the
+        request-steps may have drafted different k (a per-step k)."""
+        for i, (n, a) in enumerate(zip(reached[: self.k_max], accepted, strict=False)):
+            if n <= 0:
+                continue
+            rate = min(max(a / n, 0.0), 1.0)
+            weight = self.decay ** min(n, 64)  # many samples move the average more
             self.alpha[i] = weight * self.alpha[i] + (1.0 - weight) * rate
-            reached = accepted
-
-
-@dataclass
-class BatchAwareK:
-    """Stateful policy: ``choose(batch_size)`` each step, ``observe(...)`` after it."""
-
-    costs: CostTable
-    k_max: int
-    min_gain: float = 0.02
-    probe_every: int = 64
-    tracker: AcceptanceTracker | None = None
-    _steps: int = 0
-
-    def __post_init__(self) -> None:
-        self.k_max = min(self.k_max, self.costs.k_max)
-        if self.tracker is None:
-            self.tracker = AcceptanceTracker(self.k_max)
-
-    def choose(self, batch_size: int) -> int:
-        self._steps += 1
-        if self.probe_every and self._steps % self.probe_every == 0:
-            return self.k_max
-        return choose_k(batch_size, self.tracker.alpha, self.costs, self.k_max, self.min_gain).k
-
-    def observe(self, num_drafts: int, accepted_per_pos: Sequence[int]) -> None:
-        self.tracker.observe(num_drafts, accepted_per_pos)
-
-    def schedule(self, max_batch_size: int) -> list[tuple[int, int, int]]:
-        """The current choice as vLLM's ``num_speculative_tokens_per_batch_size``
-        ranges ``(first, last, k)``, inclusive; for engines that take a static table."""
-        ranges: list[tuple[int, int, int]] = []
-        for batch_size in range(1, max_batch_size + 1):
-            k = choose_k(batch_size, self.tracker.alpha, self.costs, self.k_max, self.min_gain).k
-            if ranges and ranges[-1][2] == k:
-                ranges[-1] = (ranges[-1][0], batch_size, k)
-            else:
-                ranges.append((batch_size, batch_size, k))
-        return ranges

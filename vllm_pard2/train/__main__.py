@@ -1,9 +1,12 @@
-"""``python -m vllm_pard2.train -c config.yaml [--set key=value ...]``: train a draft."""
+"""``python -m vllm_pard2.train -c config.yaml [--set key=value ...]``: train a draft.
+
+Data parallel: ``torchrun --nproc_per_node N -m vllm_pard2.train -c config.yaml`` (rank 0 prints)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import yaml
@@ -30,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     from vllm_pard2.train.trainer import Trainer
 
     summary = Trainer(cfg).train()
-    print(json.dumps(summary, indent=2))
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(summary, indent=2))
     return 0
 
 

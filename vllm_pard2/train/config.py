@@ -15,6 +15,10 @@ from typing import Any
 OBJECTIVES = ("ar", "pard", "pard2")
 SCHEDULES = ("constant", "cosine")
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
+ATTENTIONS = ("auto", "flex", "dense")
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
 
 
 class TrainConfigError(ValueError):
@@ -45,6 +49,12 @@ class TrainConfig:
     threads: int | None = None
     save_dtype: str = "float32"
     log_every: int = 10
+    device: str = "auto"  # auto: cuda when available, else cpu
+    precision: str = "fp32"  # bf16: autocast for the draft, the frozen target loaded in bf16
+    attention: str = "auto"  # auto: flex (block-sparse) on cuda, dense bool mask on cpu
+    tensorboard: bool = True  # also log to output_dir/tb when tensorboard is installed
+    streaming: bool = False  # read data lazily (datasets IterableDataset) instead of tokenising it all first
+    length_buckets: int = 1  # > 1: batch examples of similar length within groups of this many batches
     # pard / pard2
     pard_token: int | str | None = None  # id or token string; default "<|mask|>"
     para_num: int = 8  # K_train: depth blocks including the real-token block
@@ -80,6 +90,10 @@ def _problems(cfg: TrainConfig, base: Path) -> list[str]:
     for d in cfg.data:
         if not (base / d).is_file():
             p.append(f"data: file {d!r} does not exist")
+        elif Path(d).suffix not in DATA_SUFFIXES:
+            p.append(f"data: {d!r} is not one of {', '.join(DATA_SUFFIXES)} (JSONL, JSON, Parquet, Arrow)")
+    if not isinstance(cfg.length_buckets, int) or cfg.length_buckets < 1:
+        p.append(f"length_buckets: an integer >= 1, got {cfg.length_buckets!r}")
     if cfg.init_model is None and cfg.model is None:
         p.append("init_model / model: set init_model (an HF checkpoint dir) or model (Qwen3Config fields)")
     if cfg.init_model is not None and not (base / cfg.init_model / "config.json").is_file():
@@ -95,6 +109,7 @@ def _problems(cfg: TrainConfig, base: Path) -> list[str]:
         p.append(f"lr_schedule: {cfg.lr_schedule!r} is not one of {', '.join(SCHEDULES)}")
     if cfg.save_dtype not in SAVE_DTYPES:
         p.append(f"save_dtype: {cfg.save_dtype!r} is not one of {', '.join(SAVE_DTYPES)}")
+    p += _runtime_problems(cfg)
     if cfg.uses_masks:
         if not isinstance(cfg.para_num, int) or cfg.para_num < 2:
             p.append(f"para_num: K_train must be an integer >= 2 for {cfg.objective}, got {cfg.para_num!r}")
@@ -119,6 +134,32 @@ def _problems(cfg: TrainConfig, base: Path) -> list[str]:
         if not 0 <= cfg.target_feat_mask < 1:
             p.append(f"target_feat_mask: drop probability in [0, 1), got {cfg.target_feat_mask!r}")
     return p
+
+
+def _runtime_problems(cfg: TrainConfig) -> list[str]:
+    """device / precision / attention: checked before any model loads."""
+    p = []
+    for name, choices in (("device", DEVICES), ("precision", PRECISIONS), ("attention", ATTENTIONS)):
+        if getattr(cfg, name) not in choices:
+            p.append(f"{name}: {getattr(cfg, name)!r} is not one of {', '.join(choices)}")
+    if p:
+        return p
+    import torch
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        p.append("device: 'cuda' but torch sees no GPU; use device: auto or cpu")
+    if cfg.attention == "flex" and resolve_device_type(cfg.device) == "cpu":
+        p.append("attention: 'flex' trains on GPU only (torch has no FlexAttention backward on CPU); use auto or dense")
+    return p
+
+
+def resolve_device_type(device: str) -> str:
+    """'cuda' or 'cpu' for a config ``device`` value."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -41,7 +41,8 @@ def pard_config_keys(trainer: Trainer) -> dict:
 def export_checkpoint(trainer: Trainer) -> None:
     out = trainer.out
     dtype = getattr(torch, trainer.cfg.save_dtype)
-    model = copy.deepcopy(trainer.model).to(dtype).eval()
+    model = copy.deepcopy(trainer.model).to("cpu", dtype).eval()
+    model.set_attn_implementation("sdpa")  # the training-time flex choice is not part of the release
     model.save_pretrained(out, safe_serialization=True)
     trainer.tokenizer.save_pretrained(out)
     cfg_path = out / "config.json"
@@ -49,5 +50,7 @@ def export_checkpoint(trainer: Trainer) -> None:
     hf_cfg.update(pard_config_keys(trainer))
     cfg_path.write_text(json.dumps(hf_cfg, indent=2) + "\n")
     if trainer.target_proj is not None:
-        warp = {f"target_proj.{k}": v.detach().to(dtype).clone() for k, v in trainer.target_proj.state_dict().items()}
+        warp = {
+            f"target_proj.{k}": v.detach().to("cpu", dtype).clone() for k, v in trainer.target_proj.state_dict().items()
+        }
         torch.save(warp, out / WARP_FILE)

@@ -196,6 +196,10 @@ def install_assets(out: Path, dest: Path = ASSETS) -> None:
                 shutil.copy2(out / src_name / name, dst / name)
 
 
+def line_count(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
@@ -248,10 +252,13 @@ def main() -> None:
         else:
             run_stage(name, train + [f"configs/{name}.yaml"], out, log)
         if name == "target":
-            if not dirty and (out / "data" / "distill.jsonl").is_file():
+            distill = out / "data" / "distill.jsonl"
+            if dirty:
+                distill.unlink(missing_ok=True)  # a new target needs its own responses
+            elif line_count(distill) == line_count(out / "data" / "prompts.jsonl"):
                 log["stages"]["distill_data"] = dict(previous.get("stages", {}).get("distill_data", {}), reused=True)
                 continue
-            dirty = True
+            dirty = True  # generate resumes a partial distill.jsonl
             waited = time.perf_counter()
             with engine_lock(args.engine_lock):
                 log["engine_lock_wait_s"] = round(time.perf_counter() - waited, 1)

@@ -3,7 +3,9 @@
 ``random_batch(seed)`` builds a target step's rows like vLLM's V1 runner hands
 them to the proposer: decodes of 1 + k rows with 0..k rejected drafts, prefill
 chunks, start positions that sometimes run past ``max_model_len``, and a
-shuffled, strided block table. Used by tests/test_kernels.py.
+shuffled, strided block table. Used by tests/test_kernels.py (imported as
+``kernel_batches``, like ``engines``: pytest puts tests/ on ``sys.path``, and so
+does running tests/test_kernels.py as the Triton-interpreter subprocess).
 """
 
 from __future__ import annotations
@@ -62,24 +64,6 @@ def random_batch(seed: int, contiguous_block_table: bool = False) -> dict:
         block_size=block_size,
         max_model_len=max_model_len,
         max_query_len=max(counts),
-    )
-
-
-def plan_inputs(batch: dict, draft) -> dict:
-    """plan_draft_kv arguments describing the same step as ``build_draft_inputs``."""
-    qsl = batch["query_start_loc"].long()
-    rejected = batch["num_rejected"] if batch["num_rejected"] is not None else torch.zeros(len(qsl) - 1)
-    k = batch["num_speculative_tokens"]
-    return dict(
-        draft_query_start_loc=draft.query_start_loc,
-        start_positions=batch["target_positions"][qsl[:-1]],
-        num_real=(qsl[1:] - qsl[:-1] - rejected.long() + 1).to(torch.int32),
-        block_table=batch["block_table"],
-        total_rows=int(draft.query_start_loc[-1]),
-        max_rows_per_request=batch["max_query_len"] + k,
-        num_speculative_tokens=k,
-        block_size=batch["block_size"],
-        max_model_len=batch["max_model_len"],
     )
 
 

@@ -1,0 +1,224 @@
+"""The adaptive k controller on synthetic engines (pure Python, no vLLM engine).
+
+``simulate`` plays vLLM V1's timing: the k chosen at step t is drafted at the
+end of step t and verified in step t+1, so a step costs verify(k_{t-1}) +
+draft(k_t), and acceptance arrives one step after the choice.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+from vllm_pard2.schedule import AdaptiveK, AdaptiveKSettings
+from vllm_pard2.schedule.engine import AdaptiveKLookup, AdaptiveKRuntime, verified_k
+
+K = 8
+
+
+@dataclass
+class Engine:
+    """Step costs in seconds and true per-position acceptance (may change with the step)."""
+
+    verify: Callable[[int, int], float]  # (batch, tokens per request) -> s
+    draft: Callable[[int, int], float]  # (batch, k) -> s
+    alpha: Callable[[int], list[float]]  # step -> conditional acceptance per position
+    noise: float = 0.0
+    spikes: float = 0.0  # share of steps stalled 10x by something else (a co-tenant, GC)
+
+
+@dataclass
+class Trace:
+    ks: list[int]
+    tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+def simulate(ctrl: AdaptiveK, engine: Engine, batch: int | Callable[[int], int], steps: int, seed: int = 0) -> Trace:
+    rng = random.Random(seed)
+    ks, tokens, seconds, pending = [], 0, 0.0, None
+    for step in range(steps):
+        b = batch(step) if callable(batch) else batch
+        k = ctrl.choose(b)
+        drafts = pending or 0
+        for _ in range(b):
+            accepted = 0
+            for a in engine.alpha(step)[:drafts]:
+                if rng.random() >= a:
+                    break
+                accepted += 1
+            if drafts:
+                ctrl.observe_request(drafts, accepted)
+            tokens += 1 + accepted
+        cost = (engine.verify(b, drafts + 1) + engine.draft(b, k)) * max(0.05, 1 + engine.noise * rng.gauss(0, 1))
+        cost *= 10.0 if rng.random() < engine.spikes else 1.0
+        ctrl.end_step(b, pending, k, cost)
+        seconds += cost
+        ks.append(k)
+        pending = k
+    return Trace(ks, tokens, seconds)
+
+
+def compute_bound(b: int, n: int) -> float:
+    """A CPU-like target: every query token costs the same."""
+    return 1e-3 * (1 + 0.5 * b * n)
+
+
+def memory_bound(b: int, n: int) -> float:
+    """A small-batch GPU-like target: verifying k+1 tokens costs about one."""
+    return 1e-2 * (1 + 0.002 * b * n)
+
+
+def drafter(b: int, k: int) -> float:
+    return 0.0 if k == 0 else 1e-3 * (0.5 + 0.2 * b)
+
+
+def plain_decoding_rate(engine: Engine, b: int) -> float:
+    return b / engine.verify(b, 1)
+
+
+def controller(**overrides) -> AdaptiveK:
+    return AdaptiveK(AdaptiveKSettings(k_max=K, **overrides))
+
+
+def test_turns_drafting_off_when_it_cannot_pay() -> None:
+    engine = Engine(compute_bound, drafter, lambda step: [0.4] * K, noise=0.05)
+    ctrl = controller()
+    trace = simulate(ctrl, engine, batch=16, steps=3000)
+    tail = trace.ks[200:]
+    assert tail.count(0) / len(tail) > 0.97, ctrl.buckets
+    assert ctrl.decision == 0
+    # Exploration and probes included: within a few percent of no speculation.
+    assert trace.tokens_per_s >= 0.95 * plain_decoding_rate(engine, 16)
+
+
+def test_drafts_k_max_when_it_clearly_pays() -> None:
+    engine = Engine(memory_bound, drafter, lambda step: [0.9] * K, noise=0.05)
+    ctrl = controller()
+    trace = simulate(ctrl, engine, batch=2, steps=2000)
+    tail = trace.ks[100:]
+    assert tail.count(K) / len(tail) > 0.97
+    assert trace.tokens_per_s > 3 * plain_decoding_rate(engine, 2)
+
+
+def test_intermediate_k_when_late_drafts_rarely_survive() -> None:
+    """First drafts accepted, later ones almost never: a few drafts beat 0 and K."""
+    engine = Engine(compute_bound, lambda b, k: 0.0, lambda step: [0.95, 0.9] + [0.05] * (K - 2), noise=0.05)
+    ctrl = controller()
+    trace = simulate(ctrl, engine, batch=1, steps=2000)
+    assert 1 <= ctrl.decision <= 3, ctrl.buckets
+    assert trace.tokens_per_s > 1.3 * plain_decoding_rate(engine, 1)
+
+
+def test_no_flicker_under_noisy_costs() -> None:
+    """Near a tie between k = 0 and k = 1 (modelled within a few percent), 20 % step-time
+    noise must not make k hop: decisions change rarely, k changes are mostly the
+    one-step probes, and throughput stays at plain decoding or above."""
+
+    def verify(b: int, n: int) -> float:
+        return 1e-3 * (5 + 0.3 * b * n)
+
+    for first_alpha in (0.55, 0.6, 0.65):
+        engine = Engine(verify, drafter, lambda step, a=first_alpha: [a] + [0.1] * (K - 1), noise=0.2)
+        for seed in range(2):
+            ctrl = controller()
+            trace = simulate(ctrl, engine, batch=8, steps=3000, seed=seed)
+            changes = sum(a != b for a, b in zip(trace.ks, trace.ks[1:], strict=False))
+            assert ctrl.switches <= 10 and changes <= 0.01 * len(trace.ks), (first_alpha, seed, ctrl.switches, changes)
+            assert trace.tokens_per_s >= 0.96 * plain_decoding_rate(engine, 8)
+
+
+def test_stalled_steps_do_not_flip_clear_decisions() -> None:
+    """3 % of steps 10x slower (as on a shared CPU): off stays off, on stays on."""
+    off = Engine(compute_bound, drafter, lambda step: [0.4] * K, noise=0.1, spikes=0.03)
+    on = Engine(memory_bound, drafter, lambda step: [0.9] * K, noise=0.1, spikes=0.03)
+    for seed in range(3):
+        ctrl = controller()
+        trace = simulate(ctrl, off, batch=16, steps=2000, seed=seed)
+        assert trace.ks[200:].count(0) / 1800 > 0.95, (seed, ctrl.switches)
+        ctrl = controller()
+        trace = simulate(ctrl, on, batch=2, steps=2000, seed=seed)
+        assert trace.ks[200:].count(K) / 1800 > 0.95, (seed, ctrl.switches)
+
+
+def test_probes_recover_acceptance_after_a_k0_stretch() -> None:
+    """A drafter that is useless for 1500 steps and then excellent: k goes to 0, the
+    probes back off while drafting stays useless, and one of them finds the change."""
+    change = 1500
+    engine = Engine(memory_bound, drafter, lambda step: [0.02] * K if step < change else [0.95] * K, noise=0.05)
+    ctrl = controller()
+    trace = simulate(ctrl, engine, batch=4, steps=change + 700)
+    before = trace.ks[200:change]
+    assert before.count(0) / len(before) > 0.97
+    probe_steps = [i for i in range(200, change) if trace.ks[i] == K]
+    assert 0 < len(probe_steps) <= 6 * ctrl.settings.run_steps  # probes happen, ever more rarely
+    assert ctrl.buckets[(4).bit_length()].probe_interval > ctrl.settings.probe_min_interval or ctrl.decision > 0
+    recovered = next(i for i in range(change, len(trace.ks)) if trace.ks[i : i + 20] == [K] * 20)
+    assert recovered - change <= ctrl.settings.probe_max_interval + 20
+    assert ctrl.decision == K
+
+
+def test_each_batch_bucket_measures_its_own_costs() -> None:
+    """Small batches draft (memory-bound target), large ones do not (the target turns
+    compute-bound); the batch size drifts like an offline run draining."""
+
+    def verify(b: int, n: int) -> float:
+        return 1e-3 * max(10.0, 0.25 * b * n)
+
+    engine = Engine(verify, drafter, lambda step: [0.7] * K, noise=0.05)
+    ctrl = controller()
+    trace = simulate(ctrl, engine, batch=lambda step: 64 if step < 1500 else 2, steps=3000)
+    at_64, at_2 = trace.ks[300:1500], trace.ks[1800:]
+    assert at_64.count(0) / len(at_64) > 0.95
+    assert sum(at_2) / len(at_2) > K / 2
+    assert set(ctrl.buckets) == {(64).bit_length(), (2).bit_length()}
+    # The small-batch bucket started from the large one's cost curve, then measured its own.
+    assert ctrl.buckets[(2).bit_length()].has_ends(K)
+
+
+def test_first_steps_explore_both_ends() -> None:
+    ctrl = controller()
+    picks = []
+    pending = None
+    for _ in range(8):
+        k = ctrl.choose(4)
+        ctrl.end_step(4, pending, k, 0.01 * (1 + k))
+        picks.append(k)
+        pending = k
+    assert picks[:3] == [K] * 3 and picks[3:6] == [0] * 3
+    assert set(ctrl.buckets[3].seconds) == {0, K}
+
+
+def scheduled(tokens: dict[str, int], spec: dict[str, int], k: int) -> SimpleNamespace:
+    """The fields of vLLM's ``SchedulerOutput`` the engine side reads."""
+    return SimpleNamespace(
+        num_scheduled_tokens=tokens,
+        total_num_scheduled_tokens=sum(tokens.values()),
+        scheduled_spec_decode_tokens={r: [-1] * n for r, n in spec.items()},
+        num_spec_tokens_to_schedule=k,
+    )
+
+
+def test_only_uniform_decode_steps_are_cost_samples() -> None:
+    assert verified_k(scheduled({"a": 4, "b": 4}, {"a": 3, "b": 3}, 3)) == 3
+    assert verified_k(scheduled({"a": 1, "b": 1}, {}, 0)) == 0
+    assert verified_k(scheduled({"a": 4, "b": 30}, {"a": 3}, 3)) is None  # b is a prefill chunk
+    assert verified_k(scheduled({"a": 4, "b": 2}, {"a": 3, "b": 1}, 3)) is None  # mixed draft counts
+
+
+def test_idle_time_is_not_a_step() -> None:
+    runtime = AdaptiveKRuntime(num_speculative_tokens=2)
+    seen = []
+    runtime.controller.end_step = lambda b, kv, kd, seconds: seen.append(seconds)
+    step = scheduled({"a": 3}, {"a": 2}, 2)
+    runtime.on_step_end(step, still_busy=False)  # the engine then waits for requests
+    runtime.on_step_end(step, still_busy=True)
+    runtime.on_step_end(step, still_busy=True)
+    assert seen[0] is None and seen[1] is None and seen[2] > 0
+    assert AdaptiveKLookup(runtime)[1] in range(3)
