@@ -233,7 +233,7 @@ def ratios_vs_none(rows: list[dict]) -> dict[str, dict[str, float]]:
 register_part(
     Part("lossless", lossless_part, 150, 420, "tiny pair TD/TI: compiled vs eager, identical to no speculation")
 )
-register_part(Part("bench", bench_part, 390, 240, "bench_system at Qwen3-8B/0.6B shapes, synthetic tau 5"))
+register_part(Part("bench", bench_part, 390, 240, "bench_system none vs pard2 (GPU: Qwen3-8B/0.6B shapes, tau 5)"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

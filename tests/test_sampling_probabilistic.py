@@ -65,7 +65,13 @@ def no_spec_run(soft_pair):  # noqa: F811 - the fixture imported above
 
 @pytest.fixture(scope="module")
 def probabilistic_run(soft_pair):  # noqa: F811
-    spec = {"method": "pard2", "model": str(soft_pair["draft"]), "num_speculative_tokens": 4, "pard2_adaptive_k": False, **PROBABILISTIC}
+    spec = {
+        "method": "pard2",
+        "model": str(soft_pair["draft"]),
+        "num_speculative_tokens": 4,
+        "pard2_adaptive_k": False,
+        **PROBABILISTIC,
+    }
     return mixed_batch(soft_pair["target"], spec)
 
 
@@ -92,7 +98,13 @@ def test_draft_equal_to_target_is_always_accepted_first(tiny_pair):
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    spec = {"method": "pard2", "model": str(tiny_pair["draft_copy"]), "num_speculative_tokens": 4, "pard2_adaptive_k": False, **PROBABILISTIC}
+    spec = {
+        "method": "pard2",
+        "model": str(tiny_pair["draft_copy"]),
+        "num_speculative_tokens": 4,
+        "pard2_adaptive_k": False,
+        **PROBABILISTIC,
+    }
     llm = LLM(model=str(tiny_pair["target"]), speculative_config=spec, **engine_kwargs())
     try:
         prompts = [TokensPrompt(prompt_token_ids=[11 + 7 * i, 400 + i, 93, 250 - i]) for i in range(24)]

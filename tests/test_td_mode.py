@@ -294,7 +294,12 @@ def oracle_run(tiny_pair, prompts):
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    spec = {"method": "pard2", "model": str(tiny_pair["draft_td"]), "num_speculative_tokens": K, "pard2_adaptive_k": False}
+    spec = {
+        "method": "pard2",
+        "model": str(tiny_pair["draft_td"]),
+        "num_speculative_tokens": K,
+        "pard2_adaptive_k": False,
+    }
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         llm = LLM(
