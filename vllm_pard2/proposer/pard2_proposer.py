@@ -32,11 +32,10 @@ from vllm_pard2.proposer.fused_draft import FusedInputDraft
 from vllm_pard2.proposer.input_contract import install_if_requested
 from vllm_pard2.proposer.target_features import (
     FeatureCarry,
+    TargetProjection,
     fuse_features,
     last_verified_rows,
-    permute_projection,
     plan_layers,
-    project,
 )
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm": vLLM configures only that logger tree
@@ -123,18 +122,18 @@ class Pard2Proposer(DraftModelProposer):
         path = find_projection_file(self.draft_model_config.model)
         if path is None:
             raise RuntimeError(f"pard2: target projection file not found for draft {self.draft_model_config.model}")
-        state = load_projection(path, self.pard2_spec, self.hidden_size)
-        weight = permute_projection(state["weight"].float(), self.layer_plan, self.target_hidden)
-        self.proj_weight = weight.to(self.device, self.dtype)
-        bias = state.get("bias")
-        self.proj_bias = None if bias is None else bias.to(self.device, self.dtype)
-        self.zero_feature = (
-            torch.zeros(self.hidden_size, dtype=self.dtype, device=self.device)
-            if self.proj_bias is None
-            else self.pard2_spec.scale * self.proj_bias
-        )
         num_layers = self.vllm_config.model_config.hf_text_config.num_hidden_layers
-        self.final_norm = _final_norm(target_model, num_layers) if self.layer_plan.normed_block is not None else None
+        final_norm = _final_norm(target_model, num_layers) if self.layer_plan.normed_block is not None else None
+        self.projection = TargetProjection.from_state(
+            load_projection(path, self.pard2_spec, self.hidden_size),
+            self.pard2_spec.scale,
+            self.layer_plan,
+            final_norm,
+            self.target_hidden,
+            self.device,
+            self.dtype,
+        )
+        self.zero_feature = self.projection.zero_feature
         self.carry = FeatureCarry(self.hidden_size, self.dtype, self.device, capacity=2 * self.max_batch_size)
         self.model = FusedInputDraft(self.model, self.fused_features)
 
@@ -152,15 +151,7 @@ class Pard2Proposer(DraftModelProposer):
         )
         if self.target_dependent:
             batch_size = cad.batch_size()
-            projected = project(
-                target_hidden_states,
-                self.proj_weight,
-                self.proj_bias,
-                self.pard2_spec.scale,
-                self.layer_plan,
-                self.final_norm,
-                self.target_hidden,
-            )
+            projected = self.projection(target_hidden_states)
             req_ids = self.runner.input_batch.req_ids[:batch_size]
             fuse_features(
                 projected,
@@ -194,15 +185,7 @@ class Pard2Proposer(DraftModelProposer):
         self.lag.skip(req_ids, starts)
         if self.target_dependent:
             rows = last_verified_rows(common_attn_metadata.query_start_loc[: batch_size + 1], num_rejected_tokens_gpu)
-            projected = project(
-                target_hidden_states[rows],
-                self.proj_weight,
-                self.proj_bias,
-                self.pard2_spec.scale,
-                self.layer_plan,
-                self.final_norm,
-                self.target_hidden,
-            )
+            projected = self.projection(target_hidden_states[rows])
             slots = self.carry.slots(req_ids, self.runner.requests)
             self.carry.value[slots] = projected
             self.carry.position[slots] = target_positions[rows].long()

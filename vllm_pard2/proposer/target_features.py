@@ -110,6 +110,46 @@ def project(
     return scale * F.linear(target_hidden.to(weight.dtype), weight, bias)
 
 
+@dataclass
+class TargetProjection:
+    """``scale * target_proj`` ready for the runner's capture: input blocks in
+    capture order, the final norm for HF index -1, and the zero feature (the
+    projection of feat = 0: position 0 and rows without a target state)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    scale: float
+    plan: LayerPlan
+    final_norm: torch.nn.Module | None
+    target_hidden: int
+
+    @classmethod
+    def from_state(
+        cls,
+        state: dict[str, torch.Tensor],
+        scale: float,
+        plan: LayerPlan,
+        final_norm: torch.nn.Module | None,
+        target_hidden: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> TargetProjection:
+        """From ``load_projection``'s checked tensors (HF block order)."""
+        weight = permute_projection(state["weight"].float(), plan, target_hidden).to(device, dtype)
+        bias = state.get("bias")
+        return cls(weight, None if bias is None else bias.to(device, dtype), scale, plan, final_norm, target_hidden)
+
+    @property
+    def zero_feature(self) -> torch.Tensor:
+        if self.bias is None:
+            return self.weight.new_zeros(self.weight.shape[0])
+        return self.scale * self.bias
+
+    def __call__(self, captured: torch.Tensor) -> torch.Tensor:
+        """Projected features of captured target rows (normed block modified in place)."""
+        return project(captured, self.weight, self.bias, self.scale, self.plan, self.final_norm, self.target_hidden)
+
+
 class FeatureCarry:
     """Per-request projected feature of the last verified target row, kept
     across steps in fixed slots (requests move around vLLM's batch)."""

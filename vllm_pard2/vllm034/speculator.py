@@ -54,7 +54,7 @@ from vllm_pard2.checkpoint import (
     read_pard2_spec,
 )
 from vllm_pard2.kernels import build_draft_inputs, gather_draft_features
-from vllm_pard2.proposer.target_features import permute_projection, plan_layers, project
+from vllm_pard2.proposer.target_features import TargetProjection, plan_layers
 from vllm_pard2.vllm034.config import resolved_mode
 from vllm_pard2.vllm034.cudagraph import Pard2Buffers
 
@@ -106,19 +106,22 @@ class Pard2Speculator(DraftModelSpeculator):
         self.layer_plan = plan_layers(layers, self.target_num_layers)
         path = find_projection_file(str(self.speculative_config.model))
         assert path is not None, "the config resolved TD mode without a projection file"
-        state = load_projection(path, self.pard2_spec, self.hidden_size)
-        weight = permute_projection(state["weight"], self.layer_plan, self.target_hidden)
-        self.proj_weight = weight.to(device=self.device, dtype=self.dtype)
-        bias = state.get("bias")
-        self.proj_bias = None if bias is None else bias.to(device=self.device, dtype=self.dtype)
+        final_norm = None
+        if self.layer_plan.normed_block is not None:
+            final_norm = find_final_norm(target_model, self.target_num_layers)
+            assert final_norm is not None, "the config checked the target's final norm"
+        self.projection = TargetProjection.from_state(
+            load_projection(path, self.pard2_spec, self.hidden_size),
+            self.pard2_spec.scale,
+            self.layer_plan,
+            final_norm,
+            self.target_hidden,
+            self.device,
+            self.dtype,
+        )
         # The projection of a zero feature: position 0, and a first row whose
         # carried state is missing (prefix-cache hit, resumed preemption).
-        zero = torch.zeros(weight.shape[0], device=self.device, dtype=self.dtype)
-        self.zero_feature = self.pard2_spec.scale * (self.proj_bias if self.proj_bias is not None else zero)
-        self.final_norm = None
-        if self.layer_plan.normed_block is not None:
-            self.final_norm = find_final_norm(target_model, self.target_num_layers)
-            assert self.final_norm is not None, "the config checked the target's final norm"
+        self.zero_feature = self.projection.zero_feature
 
     def set_attn(
         self,
@@ -263,15 +266,7 @@ class Pard2Speculator(DraftModelSpeculator):
         assert buffers is not None
         num_target = input_batch.num_tokens
         captured = torch.cat([h[:num_target] for h in aux_hidden_states], dim=-1)
-        projected = project(
-            captured,
-            self.proj_weight,
-            self.proj_bias,
-            self.pard2_spec.scale,
-            self.layer_plan,
-            self.final_norm,
-            self.target_hidden,
-        ).to(self.dtype)
+        projected = self.projection(captured).to(self.dtype)
         # A request's first row pairs with the state carried from its last step,
         # valid only if it was taken at exactly the position before.
         start_pos = input_batch.positions[input_batch.query_start_loc[: idx.numel()].long()]
