@@ -69,7 +69,7 @@ def test_plan_inserts_catch_up_rows_before_each_request():
     assert buffer[13:].tolist() == list(range(1013, 1020))  # past the batch: untouched
 
     block_table = torch.tensor([[7, 8, 9, 10], [3, 4, 5, 6]])  # block size 16
-    slots = catch_up_slots(plan, block_table, block_size=16)
+    slots = catch_up_slots(plan, block_table, block_size=16, max_model_len=64)
     assert slots.tolist() == [7 * 16 + 5, 7 * 16 + 6, 5 * 16 + 8, 5 * 16 + 9, 5 * 16 + 10]
     regular = torch.arange(8) + 500
     merged = merged_slot_mapping(regular, plan, slots)

@@ -8,7 +8,7 @@
   when it does not; forcing TD on a mismatched target fails before any engine
   starts, naming the mismatch.
 - The oracle: every draft the vLLM TD path makes equals the plain-PyTorch
-  reference (``vllm_pard2.reference``) on the HF models for the same context,
+  reference (``tests/hf_reference.py``) on the HF models for the same context,
   including the first step after prefill (zero feature at position 0), steps
   after partial acceptance, chunked prefill and a prefix-cache hit.
 Greedy losslessness of TD mode runs with the core's suite (test_lossless.py).
@@ -335,7 +335,7 @@ def test_td_drafts_equal_the_reference(tiny_pair, oracle_run):
     differing draft is tolerated only where the reference's own logits put the
     vLLM token within NEAR_TIE of its top token (mask positions of a random
     draft have small margins), and on at most 2% of steps."""
-    from vllm_pard2.reference import ReferenceDrafter
+    from hf_reference import ReferenceDrafter
 
     records, finished = oracle_run
     reference = ReferenceDrafter(tiny_pair["target"], tiny_pair["draft_td"])

@@ -140,23 +140,14 @@ def patch_speculative_pard2_mode_field() -> None:
     "target_dependent" or "target_independent"; after validation the field
     holds the resolved mode.
     """
-    import dataclasses
-
     import pydantic
     from vllm.config.speculative import SpeculativeConfig
 
     from vllm_pard2.checkpoint import PARD2_MODES
 
-    cls = SpeculativeConfig
-    if "pard2_mode" in cls.__dataclass_fields__:
-        return
     annotation = Literal[PARD2_MODES] | None  # type: ignore[valid-type]
-    field = dataclasses.field(default=None)
-    field.name, field.type, field._field_type = "pard2_mode", annotation, dataclasses._FIELD  # type: ignore[attr-defined]
-    cls.__dataclass_fields__["pard2_mode"] = field
-    cls.__annotations__["pard2_mode"] = annotation
-    cls.pard2_mode = None
-    pydantic.dataclasses.rebuild_dataclass(cls, force=True)
+    if _add_dataclass_field(SpeculativeConfig, "pard2_mode", annotation, None):
+        pydantic.dataclasses.rebuild_dataclass(SpeculativeConfig, force=True)
 
 
 def patch_speculative_post_init() -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-PADDING_SLOT_ID = -1
+from vllm_pard2.kernels.reference import PADDING_SLOT_ID, slots_for_positions
 
 
 class DraftLag:
@@ -128,10 +128,11 @@ def plan_catch_up(
     )
 
 
-def catch_up_slots(plan: CatchUpPlan, block_table: torch.Tensor, block_size: int) -> torch.Tensor:
-    """KV slot of each catch-up row from its request's block table."""
-    blocks = block_table[plan.requests, plan.positions // block_size].to(torch.int64)
-    return blocks * block_size + plan.positions % block_size
+def catch_up_slots(plan: CatchUpPlan, block_table: torch.Tensor, block_size: int, max_model_len: int) -> torch.Tensor:
+    """KV slot of each catch-up row from its request's block table (every
+    catch-up position precedes the step's input, so all of them are written)."""
+    writes = torch.ones_like(plan.positions, dtype=torch.bool)
+    return slots_for_positions(plan.positions, plan.requests, block_table, block_size, max_model_len, writes)
 
 
 def insert_rows(buffer: torch.Tensor, plan: CatchUpPlan, catch_up_values: torch.Tensor) -> None:

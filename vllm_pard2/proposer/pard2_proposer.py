@@ -212,7 +212,7 @@ class Pard2Proposer(DraftModelProposer):
         insert_rows(self.positions, plan, plan.positions)
         if self.target_dependent:
             insert_rows(self.fused_features, plan, self.zero_feature.expand(plan.positions.shape[0], -1))
-        slots = catch_up_slots(plan, cad.block_table_tensor, self.block_size)
+        slots = catch_up_slots(plan, cad.block_table_tensor, self.block_size, self.max_model_len)
         shift = plan.sample_shift.repeat_interleave(self.extra_slots_per_request)
         new_cad = cad.replace(
             query_start_loc=plan.query_start_loc_cpu.to(self.device, non_blocking=True),
