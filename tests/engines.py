@@ -43,6 +43,10 @@ class EngineRun:
     counters: dict[str, float] = field(default_factory=dict)
     per_pos: list[float] = field(default_factory=list)
     single: dict[str, float] = field(default_factory=dict)
+    # Counters after the deterministic scenarios (before the abort, whose
+    # timing against the engine-core process varies from run to run).
+    counters_before_abort: dict[str, float] = field(default_factory=dict)
+    per_pos_before_abort: list[float] = field(default_factory=list)
     mode: str | None = None  # resolved pard2_mode
 
 
@@ -82,6 +86,7 @@ def run_engine(target: Path, prompts: list[list[int]], spec: dict | None, **over
         # The whole batch at once: every prompt is now a prefix-cache hit.
         batch = llm.generate(token_prompts, [params(n) for n in BATCHED_MAX_TOKENS], use_tqdm=False)
         run.outputs["batched"] = [o.outputs[0].token_ids for o in batch]
+        run.counters_before_abort, run.per_pos_before_abort = spec_counters(llm)
         run.outputs["aborted"] = run_with_abort(llm, token_prompts[:8], abort_index=3)
         run.counters, run.per_pos = spec_counters(llm)
     finally:

@@ -118,8 +118,9 @@ def test_intermediate_k_when_late_drafts_rarely_survive() -> None:
 
 def test_no_flicker_under_noisy_costs() -> None:
     """Near a tie between k = 0 and k = 1 (modelled within a few percent), 20 % step-time
-    noise must not make k hop: decisions change rarely, k changes are mostly the
-    one-step probes, and throughput stays at plain decoding or above."""
+    noise must not make k hop: decisions change rarely (a dozen times in 3000 steps,
+    each held for ``dwell_steps``), k changes are mostly the short probes, and
+    throughput stays at plain decoding or above."""
 
     def verify(b: int, n: int) -> float:
         return 1e-3 * (5 + 0.3 * b * n)
@@ -130,7 +131,7 @@ def test_no_flicker_under_noisy_costs() -> None:
             ctrl = controller()
             trace = simulate(ctrl, engine, batch=8, steps=3000, seed=seed)
             changes = sum(a != b for a, b in zip(trace.ks, trace.ks[1:], strict=False))
-            assert ctrl.switches <= 10 and changes <= 0.01 * len(trace.ks), (first_alpha, seed, ctrl.switches, changes)
+            assert ctrl.switches <= 15 and changes <= 0.01 * len(trace.ks), (first_alpha, seed, ctrl.switches, changes)
             assert trace.tokens_per_s >= 0.96 * plain_decoding_rate(engine, 8)
 
 
@@ -145,6 +146,27 @@ def test_stalled_steps_do_not_flip_clear_decisions() -> None:
         ctrl = controller()
         trace = simulate(ctrl, on, batch=2, steps=2000, seed=seed)
         assert trace.ks[200:].count(K) / 1800 > 0.95, (seed, ctrl.switches)
+
+
+def test_a_cold_start_sample_does_not_keep_drafting_on() -> None:
+    """The engine's first steps run cold (allocator, caches, first-use kernels): here the
+    k = 0 exploration steps cost 4x. Drafting looks 2x better than it is at first, so
+    the controller drafts; the first probe re-measures k = 0 warm and turns drafting
+    off for good (the case seen on the main job at batch 16)."""
+
+    for seed in range(3):
+        steps = [0]
+
+        def cold(b: int, n: int, steps: list[int] = steps) -> float:
+            steps[0] += 1  # simulate calls verify once per step
+            return compute_bound(b, n) * (4.0 if 3 <= steps[0] - 1 < 6 else 1.0)
+
+        engine = Engine(cold, drafter, lambda step: [0.6] * K, noise=0.05)
+        ctrl = controller()
+        ks = simulate(ctrl, engine, batch=16, steps=400, seed=seed).ks
+        assert max(ks[6:40]) > 0, "the cold sample should first make drafting look worthwhile"
+        assert ks[100:].count(0) / 300 > 0.97, (seed, ks[:100])
+        assert ctrl.decision == 0
 
 
 def test_probes_recover_acceptance_after_a_k0_stretch() -> None:

@@ -25,6 +25,11 @@ each request's drafts and accepted drafts. From those:
   probing where drafting cannot pay costs less and less; a probe that changes
   it resets the interval. The interval is also at least what keeps a K probe's
   extra time within ``probe_budget`` (1 %) of the time between probes.
+- Cold ends: the exploration runs happen in the engine's first steps (allocator,
+  caches and compiled kernels still warming up), so an end known only from its
+  exploration is provisional. A probe re-measures it before anything else, even
+  when drafting is modelled to pay well: a warm-up sample that made k = 0 look
+  slow would otherwise keep the controller drafting forever.
 """
 
 from __future__ import annotations
@@ -70,9 +75,17 @@ class BucketCosts:
     samples: Counter = field(default_factory=Counter)
     steps_since_probe: int = 0
     last_sample: dict[int, int] = field(default_factory=dict)  # k -> index of its last sample
+    provisional: set[int] = field(default_factory=set)  # ks known only from their exploration run
 
-    def observe(self, k: int, seconds: float, decay: float) -> None:
+    def observe(self, k: int, seconds: float, decay: float, exploring: bool = False) -> None:
         old = self.seconds.get(k)
+        if exploring:
+            self.provisional.add(k)
+        elif k in self.provisional:
+            # Warm-up and stalls both only ever slow a step down: the first warm
+            # sample of a cold end replaces the estimate where it is faster.
+            self.provisional.discard(k)
+            seconds, old = min(seconds, old), None
         if old is not None:
             # A step stalled by something else (a co-tenant, GC) moves the estimate at
             # most 2x per sample; a real shift still gets through in a few steps.
@@ -152,10 +165,12 @@ class AdaptiveK:
             self.decision = best
             self.switches += 1
             return self._start_run(best, "dwell", self.settings.dwell_steps)
-        if bucket.steps_since_probe >= max(bucket.probe_interval, self._budget_interval(bucket, costs)):
+        cold = sorted(bucket.provisional - {self.decision})  # re-measured once, at the first interval
+        interval = bucket.probe_interval if cold else max(bucket.probe_interval, self._budget_interval(bucket, costs))
+        if bucket.steps_since_probe >= interval:
             bucket.steps_since_probe = 0
-            target = self.k_max if self.decision < self.k_max else 0
-            if target > 0 or rates[self.decision] < rates[0] * self.settings.probe_gain_limit:
+            target = cold[0] if cold else (self.k_max if self.decision < self.k_max else 0)
+            if target > 0 or cold or rates[self.decision] < rates[0] * self.settings.probe_gain_limit:
                 self.probes += 1
                 self._decision_before_probe, self._probe_bucket = self.decision, bucket
                 # Two steps: the first verifies the old k's drafts (a transition), the
@@ -231,7 +246,8 @@ class AdaptiveK:
             self.tracker.observe_positions(reached, accepted)
             self._verified.clear()
         if seconds is not None and seconds > 0 and k_verified == k_drafted:
-            self._bucket(batch_size).observe(k_drafted, seconds, self.settings.cost_decay)
+            bucket = self._bucket(batch_size)
+            bucket.observe(k_drafted, seconds, self.settings.cost_decay, exploring=self._run_kind == "explore")
 
     def estimate(self, k: int) -> tuple[float, float]:
         """(tau, modelled speed-up over k = 0) of ``k`` at the last decision."""
