@@ -23,7 +23,8 @@ from benchmarks.measure import RequestRecord, RunMeasurement, SpecCounters
 # Method name -> how it is described in the output.
 METHODS = {
     "none": "no speculation",
-    "pard2": "PARD-2 plugin (method=pard2)",
+    "pard2": "PARD-2 plugin (method=pard2), default settings: adaptive k in 0..K",
+    "pard2_static": "PARD-2 plugin, the same k every step (adaptive k off; k = 0: no drafter pass)",
     "pard": "in-tree PARD (draft_model + parallel_drafting)",
     "ar": "in-tree draft model, autoregressive drafting",
     "eagle3": "in-tree EAGLE-3",
@@ -40,22 +41,34 @@ class MethodSpec:
 
     @property
     def label(self) -> str:
-        return self.name if self.k is None else f"{self.name} k={self.k}"
+        if self.k is None:
+            return self.name
+        if self.name == "pard2":
+            return f"pard2 adaptive k<={self.k}"
+        if self.name == "pard2_static":
+            return f"pard2 static k={self.k}"
+        return f"{self.name} k={self.k}"
 
 
 def speculative_config(
-    method: MethodSpec, draft: str | None, eagle3_draft: str | None, pard2_mode: str | None
+    method: MethodSpec, draft: str | None, eagle3_draft: str | None, pard2_mode: str | None, k_max: int = 8
 ) -> dict[str, Any] | None:
-    """vLLM ``speculative_config`` for a method (None: no speculation)."""
+    """vLLM ``speculative_config`` for a method (None: no speculation). ``pard2_static``
+    at k = 0 keeps ``num_speculative_tokens = k_max`` (the same engine as the other
+    pard2 runs) under a schedule that asks for 0 drafts at every batch size."""
     if method.name == "none":
         return None
     if method.name == "eagle3":
         return {"method": "eagle3", "model": eagle3_draft, "num_speculative_tokens": method.k}
     config: dict[str, Any] = {"model": draft, "num_speculative_tokens": method.k}
-    if method.name == "pard2":
+    if method.name in ("pard2", "pard2_static"):
         config["method"] = "pard2"
         if pard2_mode is not None:
             config["pard2_mode"] = pard2_mode
+        if method.name == "pard2_static" and method.k == 0:
+            config |= {"num_speculative_tokens": k_max, "num_speculative_tokens_per_batch_size": [[1, 1, 0]]}
+        elif method.name == "pard2_static":
+            config["pard2_adaptive_k"] = False
     else:
         config["method"] = "draft_model"
         config["parallel_drafting"] = method.name == "pard"

@@ -106,7 +106,7 @@ def open_driver(
     from benchmarks.inprocess import EngineDriver, shutdown_engine, speculative_config, start_engine
 
     assert target is not None
-    spec = speculative_config(method, draft, args.eagle3_draft, args.pard2_mode)
+    spec = speculative_config(method, draft, args.eagle3_draft, args.pard2_mode, k_max=args.k)
     renderer = PromptRenderer(load_tokenizer(args.tokenizer or target))
     llm = start_engine(target, spec, engine_kwargs(args, tiny))
     driver = EngineDriver(llm, renderer, args.max_tokens, args.temperature, args.ignore_eos, args.seed)

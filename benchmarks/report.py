@@ -29,6 +29,51 @@ def add_speedups(results: list[dict[str, Any]]) -> None:
         r["speedup_vs_none"] = r["output_tokens_per_s"] / base if base and r["output_tokens_per_s"] else None
 
 
+def adaptive_summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per benchmark and batch size: pard2's default (adaptive k) against no speculation
+    and against the best ``pard2_static`` k of the same invocation (issue "never
+    slower": >= 0.97x none everywhere, >= 0.95x the best static k, and within 5 % of
+    it at batch 1). Empty unless both kinds of pard2 run were measured."""
+    rows = []
+    for r in results:
+        if r["method"] != "pard2" or not r["output_tokens_per_s"]:
+            continue
+        cell = [s for s in results if (s["benchmark"], s["batch_size"]) == (r["benchmark"], r["batch_size"])]
+        static = [s for s in cell if s["method"] == "pard2_static" and s["output_tokens_per_s"]]
+        none = next((s["output_tokens_per_s"] for s in cell if s["method"] == BASELINE), None)
+        if not static or not none:
+            continue
+        best = max(static, key=lambda s: s["output_tokens_per_s"])
+        vs_best = r["output_tokens_per_s"] / best["output_tokens_per_s"]
+        rows.append({
+            "benchmark": r["benchmark"],
+            "batch_size": r["batch_size"],
+            "none_tokens_per_s": none,
+            "adaptive_vs_none": r["output_tokens_per_s"] / none,
+            "best_static": best["method_label"],
+            "best_static_vs_none": best["output_tokens_per_s"] / none,
+            "adaptive_vs_best_static": vs_best,
+            "meets_targets": r["output_tokens_per_s"] / none >= 0.97
+            and vs_best >= (0.95 if r["batch_size"] > 1 else 1 / 1.05),
+        })  # fmt: skip
+    return rows
+
+
+def _adaptive_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| benchmark | batch | none tok/s | adaptive / none | best static k | best static / none | "
+        "adaptive / best static | targets met |",
+        "|---|---:|---:|---:|---|---:|---:|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['benchmark']} | {row['batch_size']} | {row['none_tokens_per_s']:.1f} | "
+            f"{row['adaptive_vs_none']:.2f} | {row['best_static']} | {row['best_static_vs_none']:.2f} | "
+            f"{row['adaptive_vs_best_static']:.2f} | {'yes' if row['meets_targets'] else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -66,7 +111,12 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     if meta.get("command"):
         header.append(f"- command: `{meta['command']}`")
-    return "\n".join(header) + "\n\n" + "\n".join(lines) + "\n"
+    text = "\n".join(header) + "\n\n" + "\n".join(lines) + "\n"
+    summary = report.get("adaptive_k_summary")
+    if summary:
+        text += "\nAdaptive k (pard2 default) against no speculation and the best static k:\n\n"
+        text += _adaptive_markdown(summary)
+    return text
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -112,6 +162,7 @@ def write_report(report: dict[str, Any], output_dir: Path, make_plot: bool = Tru
     """Write results.json, results.md and (unless disabled) results.png; return their paths."""
     output_dir.mkdir(parents=True, exist_ok=True)
     add_speedups(report["results"])
+    report["adaptive_k_summary"] = adaptive_summary(report["results"])
     report["tau_definition"] = TAU_DEFINITION
     paths = {"json": output_dir / JSON_NAME, "markdown": output_dir / MARKDOWN_NAME}
     paths["json"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -10,6 +10,7 @@ results.json, results.md and results.png (throughput vs latency).
     python -m benchmarks.run                                   # tiny CPU pair, pard2 vs none
     python -m benchmarks.run -t Qwen/Qwen3-8B -d amd/PARD2-Qwen3-8B -k 12 --mode none,pard2,pard,ar
     python -m benchmarks.run --server http://127.0.0.1:8000 -t Qwen/Qwen3-8B --mode pard2
+    python -m benchmarks.run --mode none,pard2,pard2_static:0,pard2_static:2,pard2_static:4,pard2_static:8
 """
 
 from __future__ import annotations
@@ -108,8 +109,9 @@ def _methods(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[
             parser.error(f"mode {item!r}: K after ':' must be an integer")
         if name == "none":
             methods.append(MethodSpec("none", None))
-        elif k < 1:
-            parser.error(f"mode {name} needs k >= 1 (k = 0 means no speculation: use --mode none)")
+        elif k < 0 or (k == 0 and name != "pard2_static"):
+            parser.error(f"mode {name} needs k >= 1 (k = 0 means no speculation: use --mode none; "
+                         "pard2_static:0 is pard2 with the drafter skipped every step)")  # fmt: skip
         else:
             methods.append(MethodSpec(name, None if args.server else k))
     if len({m.label for m in methods}) != len(methods) and not args.server:
@@ -146,7 +148,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          f"got {len(args.methods)}")  # fmt: skip
     else:
         names = {m.name for m in args.methods}
-        if (args.target is None) != (args.draft is None) and names & {"pard2", "pard", "ar"}:
+        if (args.target is None) != (args.draft is None) and names & {"pard2", "pard2_static", "pard", "ar"}:
             parser.error("give both -t/--target and -d/--draft, or neither (embedded tiny pair)")
         if "eagle3" in names and not args.eagle3_draft:
             parser.error("--mode eagle3 needs --eagle3-draft (an EAGLE-3 checkpoint for the target)")

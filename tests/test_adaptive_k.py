@@ -169,6 +169,23 @@ def test_a_cold_start_sample_does_not_keep_drafting_on() -> None:
         assert ctrl.decision == 0
 
 
+def test_a_borrowed_cost_curve_is_checked_soon() -> None:
+    """A warm-up request alone (batch 1: drafting nearly free) explores both ends; then
+    a batch of 16 on a compute-bound target, where drafting loses. The batch-16 bucket
+    starts from the batch-1 curve (draft K) and measures its own k = 0 within a few
+    steps instead of drafting for the rest of the run (the main job's first version)."""
+
+    def verify(b: int, n: int) -> float:
+        return 1e-2 if b == 1 else compute_bound(b, n)
+
+    engine = Engine(verify, drafter, lambda step: [0.7] * K, noise=0.05)
+    for seed in range(3):
+        ctrl = controller()
+        trace = simulate(ctrl, engine, batch=lambda step: 1 if step < 20 else 16, steps=120, seed=seed)
+        assert ctrl.buckets[1].has_ends(K) and ctrl.buckets[(16).bit_length()].has_ends(K)
+        assert trace.ks[50:].count(0) / 70 > 0.9, (seed, trace.ks)
+
+
 def test_probes_recover_acceptance_after_a_k0_stretch() -> None:
     """A drafter that is useless for 1500 steps and then excellent: k goes to 0, the
     probes back off while drafting stays useless, and one of them finds the change."""

@@ -112,6 +112,7 @@ def test_summary_numbers() -> None:
         (["--mode", "pard2,bogus"], "unknown mode"),
         (["--mode", "eagle3"], "--eagle3-draft"),
         (["-k", "0", "--mode", "pard2"], "k >= 1"),
+        (["--mode", "none,pard2:0"], "pard2_static:0"),
         (["--batch-sizes", "1,x"], "--batch-sizes"),
         (["-b", "humaneval,squad"], "unknown benchmark"),
         (["-t", "/no/such/target", "-d", "/no/such/draft"], "no such directory"),
@@ -147,7 +148,7 @@ def test_in_process_benchmark(tiny_pair, tmp_path) -> None:
         "-t", str(tiny_pair["target"]),
         "-d", str(tiny_pair["draft_copy"]),
         "-k", str(K),
-        "--mode", "none,pard2",
+        "--mode", "none,pard2,pard2_static:0",
         "--dtype", "float32",
         "--enforce-eager",
         "--max-model-len", str(MAX_MODEL_LEN),
@@ -159,7 +160,7 @@ def test_in_process_benchmark(tiny_pair, tmp_path) -> None:
     assert "bonus token counted" in report["tau_definition"]
     assert report["meta"]["benchmarks"] == dict.fromkeys(BENCHMARKS, NUM_PROMPTS)
     rows = report["results"]
-    assert len(rows) == 2 * len(BENCHMARKS) * len(BATCH_SIZES)
+    assert len(rows) == 3 * len(BENCHMARKS) * len(BATCH_SIZES)
     by_key = {(r["method"], r["benchmark"], r["batch_size"]): r for r in rows}
     for (method, bench, batch), row in by_key.items():
         _check_common(row)
@@ -167,11 +168,22 @@ def test_in_process_benchmark(tiny_pair, tmp_path) -> None:
         assert row["speedup_vs_none"] == pytest.approx(row["output_tokens_per_s"] / baseline["output_tokens_per_s"])
         if method == "none":
             assert row["tau"] is None and row["num_drafts"] == 0
+        elif method == "pard2_static":  # k = 0 every step: the drafter never runs
+            assert row["k"] == 0 and row["num_drafts"] == 0 and row["method_label"] == "pard2 static k=0"
         else:
             assert row["k"] == K
             _check_spec(row)
-            # pard2 is lossless and greedy: the same tokens as without speculation.
-            assert row["output_tokens"] == baseline["output_tokens"]
+        # greedy and lossless: the same tokens as without speculation.
+        assert row["output_tokens"] == baseline["output_tokens"]
+    # One summary row per cell: adaptive against none and against the best static k (here k = 0).
+    summary = {(s["benchmark"], s["batch_size"]): s for s in report["adaptive_k_summary"]}
+    assert len(summary) == len(BENCHMARKS) * len(BATCH_SIZES)
+    for (bench, batch), s in summary.items():
+        assert s["best_static"] == "pard2 static k=0"
+        adaptive, static = by_key[("pard2", bench, batch)], by_key[("pard2_static", bench, batch)]
+        ratio = adaptive["output_tokens_per_s"] / static["output_tokens_per_s"]
+        assert s["adaptive_vs_best_static"] == pytest.approx(ratio)
+    assert "adaptive / best static" in (out / "results.md").read_text()
 
 
 def test_server_benchmark(tiny_pair, tmp_path) -> None:

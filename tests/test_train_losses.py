@@ -233,3 +233,33 @@ def test_block_mask_is_sparse_and_flex_attention_matches_sdpa_with_the_dense_mas
         flex = flex_attention(q, k, v, block_mask=block)
         dense = F.scaled_dot_product_attention(q, k, v, attn_mask=dense_mask(depth, position))
     torch.testing.assert_close(flex, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_equal_mass_per_depth_keeps_ratios_within_a_depth():
+    """``cat_depth_norm``: every depth present gets the same total weight, CAT ratios
+    within a depth stay, padding stays 0, and the weighted mean becomes the mean over
+    depths of per-depth weighted means."""
+    from vllm_pard2.train.layout import equal_mass_per_depth
+    from vllm_pard2.train.losses import weighted_mean
+
+    depth = torch.tensor([[0, 0, 1, 1, 2, -1], [0, 1, 2, 2, 3, 3]])
+    valid = depth >= 0
+    weights = torch.tensor([[1.0, 1.0, 0.2, 0.1, 0.001, 0.0], [1.0, 0.3, 0.004, 0.002, 1e-6, 3e-6]])
+    norm = equal_mass_per_depth(weights, depth, valid)
+    sums = [float(norm[valid & (depth == d)].sum()) for d in range(4)]
+    assert sums == pytest.approx([sums[0]] * 4)
+    assert sum(sums) == pytest.approx(float(weights[valid].sum()))  # same total: same loss scale
+    assert float(norm[0, 5]) == 0.0
+    assert float(norm[1, 5] / norm[1, 4]) == pytest.approx(3.0)
+    values = torch.rand(depth.shape, dtype=torch.float64)
+    per_depth = [weighted_mean(values[valid & (depth == d)], weights[valid & (depth == d)].double()) for d in range(4)]
+    assert float(weighted_mean(values[valid], norm[valid].double())) == pytest.approx(float(sum(per_depth) / 4))
+
+
+def test_weight_mass_by_depth_hand_computed():
+    from vllm_pard2.train.progress import shares, weight_sum_by_depth
+
+    sums = weight_sum_by_depth(torch.tensor([1.0, 1.0, 0.5, 0.25, 0.25]), torch.tensor([0, 0, 1, 2, 2]), 4)
+    assert sums == pytest.approx([2.0, 0.5, 0.5, 0.0])
+    assert shares(sums) == pytest.approx([2 / 3, 1 / 6, 1 / 6, 0.0], abs=1e-6)  # logged rounded
+    assert shares([0.0, 0.0]) == [0.0, 0.0]

@@ -161,6 +161,32 @@ def hf_greedy(target: Path, prompts: list[list[int]]) -> list[list[int]]:
     return outputs
 
 
+def test_weight_mass_by_depth_is_logged(tiny_pair, slice_data, trained, tmp_path):
+    """Each run records where its loss weight went per depth block (train log, summary):
+    PARD weighs every row alike; PARD-2's CAT weights shrink with depth on this unsure
+    target; ``cat_depth_norm`` gives every depth block the same mass."""
+    mass = {}
+    for objective, out in trained.items():
+        summary = json.loads((out / "train_summary.json").read_text())
+        mass[objective] = summary["weight_mass_by_depth"]
+        assert len(mass[objective]) == 4 and sum(mass[objective]) == pytest.approx(1.0, abs=1e-4)
+        logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        assert sum(logged[-1]["weight_mass_by_depth"]) == pytest.approx(1.0, abs=1e-4)
+    assert mass["pard2"][0] > mass["pard"][0] and mass["pard2"][3] < mass["pard"][3]
+    _, summary = train(
+        tmp_path / "norm",
+        slice_data,
+        objective="pard2",
+        init_model=str(tiny_pair["draft_qwen3"]),
+        target_model=str(tiny_pair["target"]),
+        para_num=4,
+        cod_ratio=1.0,
+        cod_min_ratio=1.0,
+        cat_depth_norm=True,
+    )
+    assert summary["weight_mass_by_depth"] == pytest.approx([0.25] * 4, abs=1e-4)
+
+
 @pytest.mark.parametrize("objective", ["pard", "pard2"])
 def test_trained_drafter_runs_in_vllm(tiny_pair, trained, objective):
     """Greedy pard2 decoding with the trained drafter drafts tokens and equals plain greedy."""

@@ -25,11 +25,13 @@ each request's drafts and accepted drafts. From those:
   probing where drafting cannot pay costs less and less; a probe that changes
   it resets the interval. The interval is also at least what keeps a K probe's
   extra time within ``probe_budget`` (1 %) of the time between probes.
-- Cold ends: the exploration runs happen in the engine's first steps (allocator,
-  caches and compiled kernels still warming up), so an end known only from its
-  exploration is provisional. A probe re-measures it before anything else, even
-  when drafting is modelled to pay well: a warm-up sample that made k = 0 look
-  slow would otherwise keep the controller drafting forever.
+- Cold ends: an end (0 or K) that a bucket knows only from a donor bucket's
+  curve, or only from the exploration run in the engine's first steps
+  (allocator, caches and first-use kernels still warming up), is measured by a
+  probe after ``cold_probe_interval`` steps, even when drafting is modelled to
+  pay well. Otherwise a borrowed or warm-up cost that made k = 0 look slow (a
+  batch-1 warm-up request, where drafting is nearly free, then a batch of 16)
+  would keep the controller drafting forever.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class AdaptiveKSettings:
     acceptance_prior: float = 0.7
     probe_steps: int = 2  # a probe run: one transition step, one clean one
     probe_min_interval: int = 32
+    cold_probe_interval: int = 8  # steps before a bucket measures an end it has only borrowed
     probe_max_interval: int = 512
     probe_gain_limit: float = 1.25  # no k = 0 probe when drafting is modelled this much faster
     probe_budget: float = 0.01  # a probe's extra cost, as a share of the time between probes
@@ -165,8 +168,13 @@ class AdaptiveK:
             self.decision = best
             self.switches += 1
             return self._start_run(best, "dwell", self.settings.dwell_steps)
-        cold = sorted(bucket.provisional - {self.decision})  # re-measured once, at the first interval
-        interval = bucket.probe_interval if cold else max(bucket.probe_interval, self._budget_interval(bucket, costs))
+        # Ends this bucket knows only from a donor bucket or from its cold exploration
+        # run are measured once, soon, before the decision is trusted.
+        cold = sorted(({0, self.k_max} - set(bucket.seconds) | bucket.provisional) - {self.decision})
+        if cold:
+            interval = min(bucket.probe_interval, self.settings.cold_probe_interval)
+        else:
+            interval = max(bucket.probe_interval, self._budget_interval(bucket, costs))
         if bucket.steps_since_probe >= interval:
             bucket.steps_since_probe = 0
             target = cold[0] if cold else (self.k_max if self.decision < self.k_max else 0)

@@ -66,6 +66,7 @@ class TrainConfig:
     kd_alpha: float = 1.0
     kd_temperature: float = 1.0
     cat_weighting: bool = True  # false: every valid row weighs 1 (ablation; the method uses CAT)
+    cat_depth_norm: bool = False  # true: equal loss-weight mass per depth block (an option; not the method's rule)
     pard2_target_layers: list[int] | None = None  # HF hidden_states indices, e.g. [-1, -8, -16, -24]
     pard2_scale: float = 0.02
     pard2_proj_bias: bool = False

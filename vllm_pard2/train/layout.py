@@ -114,6 +114,19 @@ def cat_weights(layout: BlockLayout, token_logprob: torch.Tensor, labels: torch.
     return torch.where(labels != IGNORE_INDEX, weights, torch.zeros_like(weights)).to(torch.float32)
 
 
+def equal_mass_per_depth(weights: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Option ``cat_depth_norm`` (not the method's rule): rescale the batch's weights so
+    every depth block present carries the same total, keeping the CAT ratios within
+    a depth. A weighted mean then equals the mean over depths of per-depth weighted
+    means, so deep blocks still train on a target whose probabilities are low."""
+    d = torch.where(valid, depth, torch.zeros_like(depth))
+    w = torch.where(valid, weights, torch.zeros_like(weights)).double()
+    sums = torch.zeros(int(d.max()) + 1, dtype=torch.float64, device=w.device).index_add_(0, d.flatten(), w.flatten())
+    present = sums > 0
+    scale = torch.where(present, sums[present].sum() / present.sum() / sums.clamp_min(1e-300), torch.zeros_like(sums))
+    return (w * scale[d]).to(weights.dtype)
+
+
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """0 where allowed, dtype-min elsewhere (works for eager and SDPA attention)."""
     zero = torch.zeros((), dtype=dtype)

@@ -21,6 +21,19 @@ def ce_by_depth(logits: torch.Tensor, labels: torch.Tensor, depth: torch.Tensor,
     return [round(s / c, 4) if c else None for s, c in zip(sums, counts, strict=True)]
 
 
+@torch.no_grad()
+def weight_sum_by_depth(weights: torch.Tensor, depth: torch.Tensor, num_depths: int) -> list[float]:
+    """Loss weight summed per depth block (rows of the loss only). Divided by the total
+    it is where the objective puts its weight: under CAT a depth-d row weighs the
+    product of d target probabilities, so an unsure target starves deep blocks."""
+    return torch.bincount(depth, weights=weights.double(), minlength=num_depths).tolist()
+
+
+def shares(sums: list[float]) -> list[float]:
+    total = sum(sums)
+    return [round(s / total, 6) if total > 0 else 0.0 for s in sums]
+
+
 def _tensorboard_writer(path: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -36,6 +49,7 @@ class Progress:
         self.bar = None
         self.writer = None
         self.started, self.entries = time.perf_counter(), 0
+        self.weight_sums: list[float] = []  # loss weight per depth, summed over the run
         if not self.enabled:
             return
         from tqdm import tqdm
@@ -50,9 +64,13 @@ class Progress:
             print(f"vllm_pard2.train: {message}", file=sys.stderr, flush=True)
 
     def update(self, record: dict) -> None:
-        """``record``: step, loss, lr, entries (all ranks), ce_by_depth, ..."""
+        """``record``: step, loss, lr, entries (all ranks), ce_by_depth, weight_sum_by_depth, ..."""
         if not self.enabled:
             return
+        sums = record.pop("weight_sum_by_depth", None)
+        if sums is not None:
+            self.weight_sums = [a + b for a, b in zip(self.weight_sums or [0.0] * len(sums), sums, strict=True)]
+            record["weight_mass_by_depth"] = shares(sums)
         self.entries += record["entries"]
         tokens_per_s = self.entries / max(time.perf_counter() - self.started, 1e-9)
         record["tokens_per_s"] = round(tokens_per_s, 1)
@@ -71,6 +89,12 @@ class Progress:
             for d, value in enumerate(record.get("ce_by_depth", [])):
                 if value is not None:
                     self.writer.add_scalar(f"ce_by_depth/{d}", value, step)
+            for d, value in enumerate(record.get("weight_mass_by_depth", [])):
+                self.writer.add_scalar(f"weight_mass_by_depth/{d}", value, step)
+
+    def run_weight_mass(self) -> list[float] | None:
+        """Share of the whole run's loss weight per depth (None for ``ar``)."""
+        return shares(self.weight_sums) if self.weight_sums else None
 
     def close(self) -> None:
         if self.bar is not None:

@@ -23,9 +23,15 @@ from vllm_pard2.train.attention import build_mask
 from vllm_pard2.train.config import TrainConfig
 from vllm_pard2.train.data import Example, ExampleStream, batch_for_step, load_examples, pad_batch
 from vllm_pard2.train.export import export_checkpoint
-from vllm_pard2.train.layout import IGNORE_INDEX, BlockLayout, cat_weights, sample_cod_positions
+from vllm_pard2.train.layout import (
+    IGNORE_INDEX,
+    BlockLayout,
+    cat_weights,
+    equal_mass_per_depth,
+    sample_cod_positions,
+)
 from vllm_pard2.train.losses import pard2_loss, token_mean_ce
-from vllm_pard2.train.progress import Progress, ce_by_depth
+from vllm_pard2.train.progress import Progress, ce_by_depth, weight_sum_by_depth
 from vllm_pard2.train.runtime import setup_runtime
 
 DEFAULT_MASK_TOKEN = "<|mask|>"
@@ -222,8 +228,14 @@ class Trainer:
             logits = self.forward(input_ids, valid, mask, position, features, keep)
         parts = {"tokens": int(valid.sum()), "entries": int(sum(len(lay) for lay in layouts))}
         parts["ce_by_depth"] = ce_by_depth(logits, labels[valid], depth[valid], cfg.para_num)
-        if teacher is None:
+        if teacher is None:  # pard: token-mean CE, every labelled row weighs 1
+            parts["weight_sum_by_depth"] = weight_sum_by_depth(
+                torch.ones_like(depth[valid]), depth[valid], cfg.para_num
+            )
             return token_mean_ce(logits, labels[valid]), parts
+        if cfg.cat_depth_norm:
+            weights = equal_mass_per_depth(weights, depth, valid)
+        parts["weight_sum_by_depth"] = weight_sum_by_depth(weights[valid], depth[valid], cfg.para_num)
         batch_idx = torch.arange(bsz, device=device)[:, None].expand(bsz, width)[valid]
         teacher_logits = teacher["logits"][batch_idx, position[valid]]
         loss, extra = pard2_loss(
@@ -300,6 +312,7 @@ class Trainer:
             export_checkpoint(self)
         summary = {
             "objective": cfg.objective,
+            "weight_mass_by_depth": progress.run_weight_mass(),
             "steps": self.step,
             "resumed_from": start_step if resumed else None,
             "world_size": rt.world_size,
