@@ -1,8 +1,10 @@
 """Greedy generation without speculation, then with PARD-2: speed, tau, losslessness.
 
-Runs the same prompts through two engines, one after the other (start, time
-``generate`` only, shut down), and prints output tokens/s, the mean acceptance
-length tau, and whether pard2's outputs are token-identical to the baseline.
+Starts two engines (no speculation, and pard2 with its defaults: adaptive k up
+to ``-k``), times ``generate`` of the same prompts on each, alternating for
+``--rounds`` rounds, and prints the median output tokens/s, the ratio to no
+speculation, the mean acceptance length tau, and whether pard2's outputs are
+token-identical to the baseline.
 Without ``--target``/``--draft`` it uses the embedded tiny pair shipped in the
 package (a 2.4M-parameter target and a PARD-2 drafter trained on the Python
 standard library by ``python -m vllm_pard2.train.recipe_tiny``), or, with
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -60,12 +63,16 @@ BASE_PROMPTS = [
 class RunResult:
     method: str
     token_ids: list[list[int]]
-    seconds: float
+    seconds: list[float]  # one timed generate per round
     tau: float | None  # None without speculation
+
+    def rate(self, round_index: int) -> float:
+        return sum(map(len, self.token_ids)) / self.seconds[round_index]
 
     @property
     def tokens_per_s(self) -> float:
-        return sum(map(len, self.token_ids)) / self.seconds
+        """Median over rounds."""
+        return statistics.median(self.rate(i) for i in range(len(self.seconds)))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,11 +88,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-k", "--num-speculative-tokens", type=int, default=8)
     parser.add_argument("--num-prompts", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="timed generates per engine, alternating between the two (median)"
+    )
     args = parser.parse_args(argv)
     if (args.target is None) != (args.draft is None):
         parser.error("give both --target and --draft, or neither (tiny built-in pair)")
-    if min(args.num_speculative_tokens, args.num_prompts, args.max_tokens) < 1:
-        parser.error("-k, --num-prompts and --max-tokens must be positive")
+    if min(args.num_speculative_tokens, args.num_prompts, args.max_tokens, args.rounds) < 1:
+        parser.error("-k, --num-prompts, --max-tokens and --rounds must be positive")
     return args
 
 
@@ -132,50 +142,79 @@ def spec_counters(llm: Any) -> tuple[int, int]:
     return drafts, accepted
 
 
-def run(
-    method: str,
-    target: str,
-    prompts: list[str],
-    max_tokens: int,
-    speculative_config: dict[str, Any] | None = None,
-) -> RunResult:
-    """Start an engine, time greedy generation of ``prompts``, shut it down."""
+def start(target: str, speculative_config: dict[str, Any] | None, prompts: list[str], max_tokens: int) -> Any:
+    """Start an engine and warm it up on one prompt (not timed)."""
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=target, speculative_config=speculative_config, **ENGINE_KWARGS)
+    llm.generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=max_tokens), use_tqdm=False)
+    return llm
+
+
+def timed_generate(llm: Any, prompts: list[str], max_tokens: int) -> tuple[list[list[int]], float, int, int]:
+    """(token ids, seconds, drafts, accepted drafts) of one greedy generate of every prompt."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+    drafts_before, accepted_before = spec_counters(llm)
+    started = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    seconds = time.perf_counter() - started
+    drafts, accepted = spec_counters(llm)
+    return [list(o.outputs[0].token_ids) for o in outputs], seconds, drafts - drafts_before, accepted - accepted_before
+
+
+def shutdown(llm: Any) -> None:
+    """Stop the engine processes now, not at exit."""
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+
+
+def compare(
+    target: str, spec: dict[str, Any], label: str, prompts: list[str], max_tokens: int, rounds: int
+) -> tuple[RunResult, RunResult]:
+    """Both engines alive at once, timed in alternation: this machine's speed drifts by
+    tens of percent over minutes, so back-to-back rounds compare fairly where one
+    engine after the other would not."""
+    engines = {"no-spec": start(target, None, prompts, max_tokens)}
     try:
-        params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
-        llm.generate(prompts[:1], params, use_tqdm=False)  # warm-up, not timed
-        drafts_before, accepted_before = spec_counters(llm)
-        start = time.perf_counter()
-        outputs = llm.generate(prompts, params, use_tqdm=False)
-        seconds = time.perf_counter() - start
-        drafts, accepted = spec_counters(llm)
-        drafts -= drafts_before
-        accepted -= accepted_before
+        engines[label] = start(target, spec, prompts, max_tokens)
+        results = {name: RunResult(name, [], [], None) for name in engines}
+        drafts = accepted = 0
+        for _ in range(rounds):
+            for name, llm in engines.items():
+                token_ids, seconds, new_drafts, new_accepted = timed_generate(llm, prompts, max_tokens)
+                result = results[name]
+                if result.token_ids and token_ids != result.token_ids:
+                    raise RuntimeError(f"{name}: greedy outputs changed between rounds")
+                result.token_ids = token_ids
+                result.seconds.append(seconds)
+                if name == label:
+                    drafts, accepted = drafts + new_drafts, accepted + new_accepted
+        results[label].tau = 1 + accepted / drafts if drafts else None
+        return results["no-spec"], results[label]
     finally:
-        # Stop the engine processes now, not at exit: the next engine needs the memory.
-        llm.llm_engine.engine_core.shutdown()
-        del llm
-        gc.collect()
-    tau = 1 + accepted / drafts if speculative_config and drafts else None
-    token_ids = [list(o.outputs[0].token_ids) for o in outputs]
-    return RunResult(method, token_ids, seconds, tau)
+        for llm in engines.values():
+            shutdown(llm)
 
 
 def print_table(baseline: RunResult, results: list[RunResult]) -> None:
-    header = f"{'method':<10} {'output tok/s':>12} {'tau':>6}  identical to no speculation"
+    header = f"{'method':<22} {'output tok/s':>12} {'vs no-spec':>10} {'tau':>6}  identical to no speculation"
     print(header)
     print("-" * len(header))
     for r in results:
         tau = f"{r.tau:.2f}" if r.tau is not None else "-"
+        # Median of the per-round ratios: each round's two runs were back to back.
+        ratio = statistics.median(r.rate(i) / baseline.rate(i) for i in range(len(r.seconds)))
         if r is baseline:
             identical = "(reference)"
         else:
             differ = sum(a != b for a, b in zip(r.token_ids, baseline.token_ids, strict=True))
             identical = "yes" if differ == 0 else f"no ({differ}/{len(r.token_ids)} differ)"
-        print(f"{r.method:<10} {r.tokens_per_s:>12.1f} {tau:>6}  {identical}")
+        print(f"{r.method:<22} {r.tokens_per_s:>12.1f} {ratio:>9.2f}x {tau:>6}  {identical}")
     print("tau: mean acceptance length, 1 + accepted / drafts: tokens per request per target step, bonus token counted")
+    print(f"tok/s: median of {len(baseline.seconds)} timed rounds per engine, the two engines alternating")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,9 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         "model": draft,
         "num_speculative_tokens": args.num_speculative_tokens,
     }
-    baseline = run("no-spec", target, prompts, args.max_tokens)
-    pard2 = run(f"pard2 k={args.num_speculative_tokens}", target, prompts, args.max_tokens, spec)
-    print(f"\n{len(prompts)} prompts, greedy, max_tokens={args.max_tokens}")
+    label = f"pard2 adaptive k<={args.num_speculative_tokens}"
+    baseline, pard2 = compare(target, spec, label, prompts, args.max_tokens, args.rounds)
+    print(f"\n{len(prompts)} prompts at once, greedy, max_tokens={args.max_tokens}")
     print(f"target: {target}\ndraft:  {draft}\n")
     print_table(baseline, [baseline, pard2])
     return 0

@@ -54,7 +54,7 @@ class AdaptiveKSettings:
     acceptance_prior: float = 0.7
     probe_steps: int = 2  # a probe run: one transition step, one clean one
     probe_min_interval: int = 32
-    cold_probe_interval: int = 8  # steps before a bucket measures an end it has only borrowed
+    cold_probe_interval: int = 3  # steps before a bucket measures an end it has only borrowed
     probe_max_interval: int = 512
     probe_gain_limit: float = 1.25  # no k = 0 probe when drafting is modelled this much faster
     probe_budget: float = 0.01  # a probe's extra cost, as a share of the time between probes
