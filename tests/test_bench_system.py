@@ -60,6 +60,7 @@ def test_cpu_smoke_run_writes_json_and_png(bench, tmp_path: Path) -> None:
     out = tmp_path / "bench"
     command = [sys.executable, str(BENCH), "--shapes", "tiny", "--batch-sizes", "1", "2", "--prompt-len", "16"]
     command += ["--output-len", "6", "-k", "3", "--pard2-schedule", "1-1:3,2-64:0", "--out", str(out)]
+    command += ["--pard2-fixed-k"]  # pard2 at k = 3 every step: the counters below compare fixed k
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
