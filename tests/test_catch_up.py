@@ -49,6 +49,31 @@ def test_lag_budget_leaves_the_rest_behind():
     assert lag.draft_end == {"b": 0}
 
 
+def test_no_draft_fetch_after_a_k0_step():
+    """Without async scheduling the engine core fetches each step's drafts from the
+    worker (an RPC); after a pard2 step at k = 0 there are none to fetch."""
+    from types import SimpleNamespace
+
+    from vllm.v1.engine.core import EngineCore
+
+    from vllm_pard2 import patches
+
+    patches.apply_all()
+    fetched = []
+    executor = SimpleNamespace(take_draft_token_ids=lambda: fetched.append(1))
+    scheduler = SimpleNamespace(pard2_last_step_k=0, update_draft_token_ids=lambda drafts: None)
+    core = SimpleNamespace(check_for_draft_tokens=True, async_scheduling=False, model_executor=executor,
+                           scheduler=scheduler)  # fmt: skip
+    EngineCore.post_step(core, model_executed=True)
+    assert fetched == []
+    scheduler.pard2_last_step_k = 3
+    EngineCore.post_step(core, model_executed=True)
+    assert fetched == [1]
+    core.scheduler = SimpleNamespace(update_draft_token_ids=lambda drafts: None)  # another method
+    EngineCore.post_step(core, model_executed=True)
+    assert fetched == [1, 1]
+
+
 def test_plan_inserts_catch_up_rows_before_each_request():
     # Regular layout: request 0 has rows [0, 3), request 1 rows [3, 8).
     qsl = np.array([0, 3, 8], dtype=np.int32)

@@ -50,6 +50,7 @@ def apply_all() -> None:
     patch_scheduler_init()
     patch_scheduler_make_spec_decoding_stats()
     patch_scheduler_update_from_output()
+    patch_engine_core_post_step()
     patch_scheduler_stats_adaptive_k_field()
     patch_prometheus_stat_logger_record()
 
@@ -502,6 +503,8 @@ def patch_scheduler_update_from_output() -> None:
     @functools.wraps(original)
     def update_from_output(self, scheduler_output, model_runner_output):
         outputs = original(self, scheduler_output, model_runner_output)
+        if _is_pard2(self.vllm_config.speculative_config):  # read by the patched EngineCore.post_step
+            self.pard2_last_step_k = scheduler_output.num_spec_tokens_to_schedule
         runtime = getattr(self, "pard2_k_runtime", None)
         if runtime is not None:
             k = runtime.on_step_end(scheduler_output, still_busy=self.has_unfinished_requests())
@@ -511,6 +514,32 @@ def patch_scheduler_update_from_output() -> None:
         return outputs
 
     Scheduler.update_from_output = update_from_output
+
+
+def patch_engine_core_post_step() -> None:
+    """``vllm.v1.engine.core.EngineCore.post_step``.
+
+    Without async scheduling (the CPU executor has none) it fetches each step's
+    drafts from the worker: a third RPC round trip per step, after
+    ``execute_model`` and ``sample_tokens``. After a pard2 step at k = 0 the
+    drafter did not run and there are no drafts, so skip the round trip: the
+    scheduler already emptied ``spec_token_ids`` of every request it scheduled,
+    which is all that ``update_draft_token_ids`` with empty drafts would do.
+    (Near ``max_model_len`` vLLM's runner hands the scheduler K zero tokens
+    instead of stale drafts; after a k = 0 step they are not fetched either,
+    and the next step drafts nothing to be rejected.)
+    """
+    from vllm.v1.engine.core import EngineCore
+
+    original = EngineCore.post_step
+
+    @functools.wraps(original)
+    def post_step(self, model_executed: bool) -> None:
+        if model_executed and getattr(self.scheduler, "pard2_last_step_k", None) == 0:
+            return None
+        return original(self, model_executed)
+
+    EngineCore.post_step = post_step
 
 
 def patch_scheduler_stats_adaptive_k_field() -> None:
