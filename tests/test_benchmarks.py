@@ -129,6 +129,25 @@ def test_bad_arguments_fail_before_any_engine(argv, message, capsys) -> None:
     assert time.monotonic() - started < 5
 
 
+def test_static_and_adaptive_pard2_configs() -> None:
+    """``pard2_static:0`` keeps K (the same engine as the other pard2 runs) and asks
+    for 0 drafts at every batch size; ``pard2_static:K`` turns adaptive k off."""
+    from benchmarks.inprocess import MethodSpec, speculative_config
+
+    static0 = speculative_config(MethodSpec("pard2_static", 0), "D", None, None, k_max=8)
+    assert static0 == {"model": "D", "method": "pard2", "num_speculative_tokens": 8,
+                       "num_speculative_tokens_per_batch_size": [[1, 1, 0]]}  # fmt: skip
+    static4 = speculative_config(MethodSpec("pard2_static", 4), "D", None, "target_independent", k_max=8)
+    assert static4["num_speculative_tokens"] == 4 and static4["pard2_adaptive_k"] is False
+    assert static4["pard2_mode"] == "target_independent"
+    adaptive = speculative_config(MethodSpec("pard2", 8), "D", None, None, k_max=8)
+    assert "pard2_adaptive_k" not in adaptive and "num_speculative_tokens_per_batch_size" not in adaptive
+    assert MethodSpec("pard2_static", 0).label == "pard2 static k=0"
+    assert MethodSpec("pard2", 8).label == "pard2 adaptive k<=8"
+    args = parse_args(["--mode", "none,pard2,pard2_static:0,pard2_static:2"])
+    assert [m.label for m in args.methods] == ["none", "pard2 adaptive k<=8", "pard2 static k=0", "pard2 static k=2"]
+
+
 def test_default_pair_prefers_the_embedded_trained_pair(tmp_path, monkeypatch) -> None:
     from benchmarks import models
 
@@ -148,7 +167,7 @@ def test_in_process_benchmark(tiny_pair, tmp_path) -> None:
         "-t", str(tiny_pair["target"]),
         "-d", str(tiny_pair["draft_copy"]),
         "-k", str(K),
-        "--mode", "none,pard2,pard2_static:0",
+        "--mode", f"none,pard2,pard2_static:{K}",
         "--dtype", "float32",
         "--enforce-eager",
         "--max-model-len", str(MAX_MODEL_LEN),
@@ -168,18 +187,20 @@ def test_in_process_benchmark(tiny_pair, tmp_path) -> None:
         assert row["speedup_vs_none"] == pytest.approx(row["output_tokens_per_s"] / baseline["output_tokens_per_s"])
         if method == "none":
             assert row["tau"] is None and row["num_drafts"] == 0
-        elif method == "pard2_static":  # k = 0 every step: the drafter never runs
-            assert row["k"] == 0 and row["num_drafts"] == 0 and row["method_label"] == "pard2 static k=0"
-        else:
-            assert row["k"] == K
+        elif method == "pard2_static":  # k = K every step
+            assert row["k"] == K and row["method_label"] == f"pard2 static k={K}"
             _check_spec(row)
+        else:  # adaptive k: how often it drafts depends on the step times it measures
+            assert row["k"] == K and row["method_label"] == f"pard2 adaptive k<={K}"
+            if row["num_drafts"]:
+                assert row["tau"] == pytest.approx(1 + row["num_accepted_tokens"] / row["num_drafts"])
         # greedy and lossless: the same tokens as without speculation.
         assert row["output_tokens"] == baseline["output_tokens"]
-    # One summary row per cell: adaptive against none and against the best static k (here k = 0).
+    # One summary row per cell: adaptive against none and against the best static k (here the only one).
     summary = {(s["benchmark"], s["batch_size"]): s for s in report["adaptive_k_summary"]}
     assert len(summary) == len(BENCHMARKS) * len(BATCH_SIZES)
     for (bench, batch), s in summary.items():
-        assert s["best_static"] == "pard2 static k=0"
+        assert s["best_static"] == f"pard2 static k={K}"
         adaptive, static = by_key[("pard2", bench, batch)], by_key[("pard2_static", bench, batch)]
         ratio = adaptive["output_tokens_per_s"] / static["output_tokens_per_s"]
         assert s["adaptive_vs_best_static"] == pytest.approx(ratio)
@@ -189,7 +210,15 @@ def test_in_process_benchmark(tiny_pair, tmp_path) -> None:
 def test_server_benchmark(tiny_pair, tmp_path) -> None:
     from server_utils import free_ports, launch, stop, wait_healthy
 
-    spec = json.dumps({"method": "pard2", "model": str(tiny_pair["draft_copy"]), "num_speculative_tokens": K})
+    # Fixed k: every cell must draft (adaptive k may choose 0 for a whole cell).
+    spec = json.dumps(
+        {
+            "method": "pard2",
+            "model": str(tiny_pair["draft_copy"]),
+            "num_speculative_tokens": K,
+            "pard2_adaptive_k": False,
+        }
+    )
     server = launch(
         "bench_pard2",
         tiny_pair["target"],
