@@ -455,7 +455,9 @@ def patch_scheduler_init() -> None:
         original(self, *args, **kwargs)
         self.pard2_k_runtime = None
         spec = self.vllm_config.speculative_config
-        if _is_pard2(spec) and getattr(spec, "pard2_adaptive_k", False):
+        self.pard2_method = _is_pard2(spec)  # read per step by the patched update_from_output
+        self.pard2_last_step_k = None
+        if self.pard2_method and getattr(spec, "pard2_adaptive_k", False):
             from vllm_pard2.schedule.engine import install
 
             install(self)
@@ -503,7 +505,7 @@ def patch_scheduler_update_from_output() -> None:
     @functools.wraps(original)
     def update_from_output(self, scheduler_output, model_runner_output):
         outputs = original(self, scheduler_output, model_runner_output)
-        if _is_pard2(self.vllm_config.speculative_config):  # read by the patched EngineCore.post_step
+        if self.pard2_method:  # read by the patched EngineCore.post_step
             self.pard2_last_step_k = scheduler_output.num_spec_tokens_to_schedule
         runtime = getattr(self, "pard2_k_runtime", None)
         if runtime is not None:

@@ -121,7 +121,7 @@ def equal_mass_per_depth(weights: torch.Tensor, depth: torch.Tensor, valid: torc
     means, so deep blocks still train on a target whose probabilities are low."""
     d = torch.where(valid, depth, torch.zeros_like(depth))
     w = torch.where(valid, weights, torch.zeros_like(weights)).double()
-    sums = torch.zeros(int(d.max()) + 1, dtype=torch.float64, device=w.device).index_add_(0, d.flatten(), w.flatten())
+    sums = torch.bincount(depth[valid], weights=w[valid])
     present = sums > 0
     scale = torch.where(present, sums[present].sum() / present.sum() / sums.clamp_min(1e-300), torch.zeros_like(sums))
     return (w * scale[d]).to(weights.dtype)
