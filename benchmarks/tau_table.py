@@ -12,7 +12,9 @@ Rows (``OUT`` = a ``python -m vllm_pard2.train.recipe_tiny OUT`` directory; with
 - ``ar``: the AR draft, k sequential draft steps (vLLM's in-tree ``method: draft_model``);
 - ``pard``: the PARD-objective drafter through the pard2 plugin;
 - ``pard2_ti``: the PARD-2 drafter, ``pard2_mode: target_independent``;
-- ``pard2_td``: the PARD-2 drafter, ``pard2_mode: target_dependent``.
+- ``pard2_td``: the PARD-2 drafter, ``pard2_mode: target_dependent``;
+- ``pard2_td@ABLATION`` / ``pard2_ti@ABLATION``: a PARD-2 ablation trained by
+  ``recipe_tiny --ablations ABLATION`` (``OUT/draft_pard2__ABLATION``).
 Every row's greedy output must equal every other row's (speculation is lossless); the JSON
 records whether it does.
 """
@@ -34,11 +36,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = REPO / "vllm_pard2" / "assets" / "humaneval_prompts.jsonl"
 SHIPPED = REPO / "vllm_pard2" / "assets" / "tiny_pard2"
+FIXED_K = {"pard2_adaptive_k": False}  # τ at k drafts every step (adaptive k would pick its own)
 ROWS = {
     "ar": ("draft_ar", {"method": "draft_model"}),
-    "pard": ("draft_pard", {"method": "pard2"}),
-    "pard2_ti": ("draft_pard2", {"method": "pard2", "pard2_mode": "target_independent"}),
-    "pard2_td": ("draft_pard2", {"method": "pard2", "pard2_mode": "target_dependent"}),
+    "pard": ("draft_pard", {"method": "pard2", **FIXED_K}),
+    "pard2_ti": ("draft_pard2", {"method": "pard2", "pard2_mode": "target_independent", **FIXED_K}),
+    "pard2_td": ("draft_pard2", {"method": "pard2", "pard2_mode": "target_dependent", **FIXED_K}),
 }
 ROW_TITLES = {
     "ar": "AR draft (k sequential steps, in-tree draft_model)",
@@ -46,6 +49,17 @@ ROW_TITLES = {
     "pard2_ti": "PARD-2, target-independent",
     "pard2_td": "PARD-2, target-dependent",
 }
+
+
+def resolve_row(row: str) -> tuple[str, dict, str] | None:
+    """(drafter dir name, speculative_config extra, title) of a row name, or None if unknown."""
+    base, _, ablation = row.partition("@")
+    if base not in ROWS or (ablation and not base.startswith("pard2_")):
+        return None
+    draft_name, spec_extra = ROWS[base]
+    if not ablation:
+        return draft_name, spec_extra, ROW_TITLES[base]
+    return f"{draft_name}__{ablation}", spec_extra, f"{ROW_TITLES[base]}, ablation {ablation}"
 
 
 def load_prompts(limit: int) -> list[str]:
@@ -122,7 +136,7 @@ def markdown(result: dict) -> str:
         for k in ks:
             run = by_k.get(k)
             cells.append("error" if run is None or run.get("error") else f"{run['tau']:.2f}")
-        lines.append(f"| {ROW_TITLES[row]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {resolve_row(row)[2]} | " + " | ".join(cells) + " |")
     lines += ["", f"All rows produced identical greedy outputs: {result['lossless']}."]
     for row, runs in result["rows"].items():
         for run in runs:
@@ -136,7 +150,11 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe-dir", type=Path, default=None, help="recipe_tiny output (target + all drafters)")
-    parser.add_argument("--rows", default="ar,pard,pard2_ti,pard2_td", help=f"comma list of {', '.join(ROWS)}")
+    parser.add_argument(
+        "--rows",
+        default="ar,pard,pard2_ti,pard2_td",
+        help=f"comma list of {', '.join(ROWS)} (pard2 rows: ROW@ABLATION)",
+    )
     parser.add_argument("--ks", default="4,8,16", help="num_speculative_tokens values")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--num-prompts", type=int, default=80)
@@ -146,7 +164,7 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
-    unknown = [r for r in rows if r not in ROWS]
+    unknown = [r for r in rows if resolve_row(r) is None]
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
     ks = [int(k) for k in args.ks.split(",")]
@@ -154,7 +172,7 @@ def main() -> None:
         target, drafts = SHIPPED / "target", {"draft_pard2": SHIPPED / "draft"}
     else:
         target = args.recipe_dir / "target"
-        drafts = {name: args.recipe_dir / name for name in ("draft_ar", "draft_pard", "draft_pard2")}
+        drafts = {resolve_row(r)[0]: args.recipe_dir / resolve_row(r)[0] for r in rows}
     prompts = load_prompts(args.num_prompts)
     result: dict = {
         "tau_definition": "1 + accepted_tokens / drafts (the bonus token is counted)",
@@ -166,7 +184,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for row in rows:
-        draft_name, spec_extra = ROWS[row]
+        draft_name, spec_extra, _ = resolve_row(row)
         if draft_name not in drafts:
             parser.error(f"row {row} needs --recipe-dir (the shipped assets hold only the PARD-2 drafter)")
         result["rows"][row] = []

@@ -1,13 +1,14 @@
 """Greedy generation without speculation, then with PARD-2: speed, tau, losslessness.
 
 Starts two engines (no speculation, and pard2 with its defaults: adaptive k up
-to ``-k``), times ``generate`` of the same prompts on each, alternating for
-``--rounds`` rounds, and prints the median output tokens/s, the ratio to no
-speculation, the mean acceptance length tau, and whether pard2's outputs are
-token-identical to the baseline.
+to ``-k``) and times two workloads on each, alternating for ``--rounds``
+rounds: the prompts one request at a time (batch 1), then all at once. For each
+it prints the median output tokens/s, the ratio to no speculation, the mean
+acceptance length tau, and whether pard2's outputs are token-identical to the
+baseline.
 Without ``--target``/``--draft`` it uses the embedded tiny pair shipped in the
-package (a 2.4M-parameter target and a PARD-2 drafter trained on the Python
-standard library by ``python -m vllm_pard2.train.recipe_tiny``), or, with
+package (a 3.9M-parameter, 8-layer target and a 1-layer PARD-2 drafter trained
+on the Python standard library by ``python -m vllm_pard2.train.recipe_tiny``), or, with
 ``--pair-dir``, a random tiny pair built there (only the mechanics are
 meaningful then).
 
@@ -151,14 +152,21 @@ def start(target: str, speculative_config: dict[str, Any] | None, prompts: list[
     return llm
 
 
-def timed_generate(llm: Any, prompts: list[str], max_tokens: int) -> tuple[list[list[int]], float, int, int]:
-    """(token ids, seconds, drafts, accepted drafts) of one greedy generate of every prompt."""
+WORKLOADS = ("one at a time", "all at once")
+
+
+def timed_generate(
+    llm: Any, prompts: list[str], max_tokens: int, workload: str
+) -> tuple[list[list[int]], float, int, int]:
+    """(token ids, seconds, drafts, accepted drafts) of greedy generation of every prompt,
+    one ``generate`` per prompt (batch 1) or one for all of them."""
     from vllm import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+    batches = [[p] for p in prompts] if workload == "one at a time" else [prompts]
     drafts_before, accepted_before = spec_counters(llm)
     started = time.perf_counter()
-    outputs = llm.generate(prompts, params, use_tqdm=False)
+    outputs = [o for batch in batches for o in llm.generate(batch, params, use_tqdm=False)]
     seconds = time.perf_counter() - started
     drafts, accepted = spec_counters(llm)
     return [list(o.outputs[0].token_ids) for o in outputs], seconds, drafts - drafts_before, accepted - accepted_before
@@ -173,27 +181,30 @@ def shutdown(llm: Any) -> None:
 
 def compare(
     target: str, spec: dict[str, Any], label: str, prompts: list[str], max_tokens: int, rounds: int
-) -> tuple[RunResult, RunResult]:
-    """Both engines alive at once, timed in alternation: this machine's speed drifts by
-    tens of percent over minutes, so back-to-back rounds compare fairly where one
-    engine after the other would not."""
+) -> dict[str, tuple[RunResult, RunResult]]:
+    """Per workload, (no-spec, pard2). Both engines alive at once, timed in alternation:
+    this machine's speed drifts by tens of percent over minutes, so back-to-back rounds
+    compare fairly where one engine after the other would not."""
     engines = {"no-spec": start(target, None, prompts, max_tokens)}
     try:
         engines[label] = start(target, spec, prompts, max_tokens)
-        results = {name: RunResult(name, [], [], None) for name in engines}
-        drafts = accepted = 0
+        results = {w: {name: RunResult(name, [], [], None) for name in engines} for w in WORKLOADS}
+        counts = {w: [0, 0] for w in WORKLOADS}  # drafts, accepted
         for _ in range(rounds):
-            for name, llm in engines.items():
-                token_ids, seconds, new_drafts, new_accepted = timed_generate(llm, prompts, max_tokens)
-                result = results[name]
-                if result.token_ids and token_ids != result.token_ids:
-                    raise RuntimeError(f"{name}: greedy outputs changed between rounds")
-                result.token_ids = token_ids
-                result.seconds.append(seconds)
-                if name == label:
-                    drafts, accepted = drafts + new_drafts, accepted + new_accepted
-        results[label].tau = 1 + accepted / drafts if drafts else None
-        return results["no-spec"], results[label]
+            for workload in WORKLOADS:
+                for name, llm in engines.items():
+                    token_ids, seconds, new_drafts, new_accepted = timed_generate(llm, prompts, max_tokens, workload)
+                    result = results[workload][name]
+                    if result.token_ids and token_ids != result.token_ids:
+                        raise RuntimeError(f"{name}: greedy outputs changed between rounds")
+                    result.token_ids = token_ids
+                    result.seconds.append(seconds)
+                    if name == label:
+                        counts[workload][0] += new_drafts
+                        counts[workload][1] += new_accepted
+        for workload, (drafts, accepted) in counts.items():
+            results[workload][label].tau = 1 + accepted / drafts if drafts else None
+        return {w: (results[w]["no-spec"], results[w][label]) for w in WORKLOADS}
     finally:
         for llm in engines.values():
             shutdown(llm)
@@ -232,10 +243,12 @@ def main(argv: list[str] | None = None) -> int:
         "num_speculative_tokens": args.num_speculative_tokens,
     }
     label = f"pard2 adaptive k<={args.num_speculative_tokens}"
-    baseline, pard2 = compare(target, spec, label, prompts, args.max_tokens, args.rounds)
-    print(f"\n{len(prompts)} prompts at once, greedy, max_tokens={args.max_tokens}")
-    print(f"target: {target}\ndraft:  {draft}\n")
-    print_table(baseline, [baseline, pard2])
+    results = compare(target, spec, label, prompts, args.max_tokens, args.rounds)
+    print(f"\ntarget: {target}\ndraft:  {draft}")
+    for workload, (baseline, pard2) in results.items():
+        batch = "batch 1" if workload == "one at a time" else f"batch {len(prompts)}"
+        print(f"\n{len(prompts)} prompts, {workload} ({batch}), greedy, max_tokens={args.max_tokens}")
+        print_table(baseline, [baseline, pard2])
     return 0
 
 

@@ -93,3 +93,23 @@ def test_length_buckets_cover_the_epoch_with_less_padding():
     plain, bucketed = epoch(1), epoch(8)
     assert sorted(id(e) for b in bucketed for e in b) == sorted(id(e) for e in examples)
     assert padding(bucketed) < padding(plain) / 2
+
+
+def test_files_of_different_record_kinds_mix(tokenizer, tmp_path):
+    """A token corpus and distillation records (other columns) train together, eagerly
+    and streamed: ``datasets`` alone would cast the second file to the first's schema."""
+    corpus, distill = tmp_path / "corpus.jsonl", tmp_path / "distill.jsonl"
+    corpus.write_text("".join(json.dumps({"input_ids": list(range(5, 25 + i))}) + "\n" for i in range(4)))
+    distill.write_text(
+        "".join(
+            json.dumps({"index": i, "prompt": "x", "response": "y", "prompt_ids": [5, 6], "response_ids": [7, 8, 9]})
+            + "\n"
+            for i in range(4)
+        )
+    )
+    paths = [str(corpus), str(distill)]
+    examples = load_examples(paths, tokenizer, seq_len=64)
+    assert [ex.tokens.numel() for ex in examples] == [20, 21, 22, 23, 5, 5, 5, 5]
+    stream = ExampleStream(paths, tokenizer, 64, loss_on_prompt=False, seed=0, batch_size=8)
+    streamed = stream.batch(0)
+    assert sorted(ex.tokens.numel() for ex in streamed) == [5, 5, 5, 5, 20, 21, 22, 23]

@@ -157,6 +157,17 @@ def test_config_validation_lists_every_problem(tmp_path):
         assert fragment in message
 
 
+def test_pard2_only_keys_are_an_error_for_other_objectives(tmp_path):
+    """CAT / KD / feature keys set for ``pard`` or ``ar`` would be silently ignored."""
+    (tmp_path / "d.jsonl").write_text('{"text": "x = 1"}\n')
+    base = {"objective": "pard", "output_dir": "o", "data": "d.jsonl", "model": {}, "tokenizer": "t"}
+    with pytest.raises(TrainConfigError) as err:
+        config_from_dict({**base, "cat_depth_norm": True, "cat_weighting": False}, tmp_path)
+    assert "cat_depth_norm: only the pard2 objective uses it" in str(err.value)
+    assert "cat_weighting: only the pard2 objective uses it" in str(err.value)
+    config_from_dict({**base, "cat_weighting": True}, tmp_path)  # the default value is harmless
+
+
 def test_runtime_keys_reject_unknown_values_with_the_choices(tmp_path):
     (tmp_path / "d.jsonl").write_text('{"text": "x = 1"}\n')
     base = {"objective": "ar", "output_dir": "o", "data": "d.jsonl", "model": {}, "tokenizer": "t"}

@@ -19,11 +19,11 @@ def test_embedded_pair_auto_resolves_target_dependent(target_config, embedded):
     assert type(spec.speculator_config) is Pard2SpeculatorConfig
     assert spec.speculator_options == {"pard2_mode": "target_dependent"}
     assert spec.uses_aux_hidden_states
-    # The runner's capture ids (4 target layers): HF -1 -> after layer 4 (normed by pard2), HF -3 -> after layer 2.
+    # The runner's capture ids (8 target layers): HF -1 -> after layer 8 (normed by pard2), HF -3 -> after layer 6.
     layers = read_pard2_spec(spec.draft_model_config.hf_config).target_layers
     assert layers == (-1, -3)
     expected = plan_layers(layers, target_config.hf_text_config.num_hidden_layers).aux_layer_ids
-    assert getattr(spec.draft_model_config.hf_config, AUX_LAYER_IDS_KEY) == list(expected) == [2, 4]
+    assert getattr(spec.draft_model_config.hf_config, AUX_LAYER_IDS_KEY) == list(expected) == [6, 8]
     assert spec.draft_model_config.get_vocab_size() == target_config.get_vocab_size()
 
 

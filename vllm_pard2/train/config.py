@@ -19,6 +19,19 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 ATTENTIONS = ("auto", "flex", "dense")
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
+# Keys the pard2 objective alone reads: set for another objective they would be silently ignored.
+PARD2_ONLY = (
+    "target_model",
+    "ce_alpha",
+    "kd_alpha",
+    "kd_temperature",
+    "cat_weighting",
+    "cat_depth_norm",
+    "pard2_target_layers",
+    "pard2_scale",
+    "pard2_proj_bias",
+    "target_feat_mask",
+)
 
 
 class TrainConfigError(ValueError):
@@ -118,6 +131,11 @@ def _problems(cfg: TrainConfig, base: Path) -> list[str]:
             p.append(f"cod_ratio: must be in (0, 1], got {cfg.cod_ratio!r} (paper: 0.7)")
         if not 0 <= cfg.cod_min_ratio <= 1:
             p.append(f"cod_min_ratio: must be in [0, 1], got {cfg.cod_min_ratio!r} (PARD 0.2, PARD-2 0.1)")
+    if cfg.objective in OBJECTIVES and cfg.objective != "pard2":
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        for name in PARD2_ONLY:
+            if getattr(cfg, name) != defaults[name]:
+                p.append(f"{name}: only the pard2 objective uses it; remove it or set objective: pard2")
     if cfg.objective == "pard2":
         if cfg.target_model is None:
             p.append("target_model: pard2 distils from the target; set target_model to its checkpoint dir")

@@ -35,13 +35,33 @@ def _encode(tokenizer, text: str) -> list[int]:
 
 
 def open_dataset(paths: list[str], streaming: bool = False):
-    """One ``datasets`` split over the files (all of one format, chosen by extension)."""
+    """One ``datasets`` split per file (all of one format, chosen by extension). Each file
+    keeps its own schema: ``datasets`` casts every file of one split to the first file's
+    columns, so a corpus of ``input_ids`` and distillation records could not mix."""
     import datasets
 
     builders = {BUILDERS.get(Path(p).suffix) for p in paths}
     if None in builders or len(builders) != 1:
         raise ValueError(f"data: files must all be one of {', '.join(BUILDERS)}; got {paths}")
-    return datasets.load_dataset(builders.pop(), data_files=list(paths), split="train", streaming=streaming)
+    builder = builders.pop()
+    return [datasets.load_dataset(builder, data_files=[p], split="train", streaming=streaming) for p in paths]
+
+
+def iter_records(paths: list[str], streaming: bool = False, seed: int | None = None) -> Iterator[dict]:
+    """Every record of the files: file after file, or with ``seed`` (streaming) each file
+    shuffled through a 10 000-record buffer and the files taken in turns."""
+    datasets = open_dataset(paths, streaming=streaming)
+    if seed is None:
+        for ds in datasets:
+            yield from ds
+        return
+    iterators = [iter(ds.shuffle(seed=seed, buffer_size=10_000)) for ds in datasets]
+    while iterators:
+        for it in list(iterators):
+            try:
+                yield next(it)
+            except StopIteration:
+                iterators.remove(it)
 
 
 def chat_ids(tokenizer, messages: list[dict]) -> tuple[list[int], int]:
@@ -85,7 +105,7 @@ def record_examples(rec: dict, tokenizer, seq_len: int, loss_on_prompt: bool) ->
 
 def load_examples(paths: list[str], tokenizer, seq_len: int, loss_on_prompt: bool = False) -> list[Example]:
     examples: list[Example] = []
-    for row, rec in enumerate(open_dataset(paths)):
+    for row, rec in enumerate(iter_records(paths)):
         try:
             examples += record_examples(rec, tokenizer, seq_len, loss_on_prompt)
         except ValueError as err:
@@ -109,9 +129,8 @@ class ExampleStream:
     def _examples(self) -> Iterator[Example]:
         paths, tokenizer, seq_len, loss_on_prompt = self.args
         while True:
-            ds = open_dataset(paths, streaming=True).shuffle(seed=self.seed + self.epoch, buffer_size=10_000)
             produced = False
-            for rec in ds:
+            for rec in iter_records(paths, streaming=True, seed=self.seed + self.epoch):
                 for ex in record_examples(rec, tokenizer, seq_len, loss_on_prompt):
                     produced = True
                     yield ex

@@ -4,12 +4,17 @@
 
 Stages (each a plain command, logged with its wall time in ``OUT/recipe.json``):
 1. a 2048-token byte-level BPE trained on the Python standard library source;
-2. the corpus: every top-level stdlib module, tokenised, cut into 256-token windows;
-3. the target: a ~2.4M-parameter Qwen3 trained from scratch on the corpus (``ar``);
+2. the corpus: every stdlib .py file (subpackages and tests included) except a
+   held-out tenth (``confidence.stdlib_files``), tokenised, cut into 256-token windows;
+3. the target: a ~4M-parameter, 8-layer Qwen3 trained from scratch on the corpus
+   (``ar``), then its confidence: mean top-1 probability on its own greedy
+   continuations of held-out files (``confidence``; PARD-2's CAT weights need a
+   confident target);
 4. distillation data: the target's greedy 128-token continuations (vLLM) of
    stdlib snippets of 16-48 tokens;
-5. the AR draft: a ~0.9M-parameter Qwen3 trained on the corpus and the target's
-   responses (``ar``);
+5. the AR draft: a ~0.7M-parameter, 1-layer Qwen3 (a forward of k = 8 rows
+   costs about 1/6 of one target decode step on CPU; ``forward_cost``, recorded
+   in ``recipe.json``) trained on the corpus and the target's responses (``ar``);
 6. the PARD drafter: the AR draft adapted with the ``pard`` objective;
 7. the PARD-2 drafter: the AR draft adapted with the ``pard2`` objective (CAT
    weights, KD from the target, target features [-1, -3] masked per sample).
@@ -36,6 +41,8 @@ from pathlib import Path
 
 import yaml
 
+from vllm_pard2.train.confidence import stdlib_files
+
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "tiny_pard2"
 SHIPPED_FILES = (
     "config.json",
@@ -58,7 +65,7 @@ SAVE_DTYPE = "float16"  # keeps the shipped pair small; load it with dtype="floa
 TARGET_SHAPE = dict(
     hidden_size=192,
     intermediate_size=512,
-    num_hidden_layers=4,
+    num_hidden_layers=8,
     num_attention_heads=6,
     num_key_value_heads=2,
     head_dim=32,
@@ -66,7 +73,7 @@ TARGET_SHAPE = dict(
 DRAFT_SHAPE = dict(
     hidden_size=128,
     intermediate_size=384,
-    num_hidden_layers=2,
+    num_hidden_layers=1,
     num_attention_heads=4,
     num_key_value_heads=2,
     head_dim=32,
@@ -93,9 +100,9 @@ STAGE_CONFIGS = {
         data=["data/corpus.jsonl"],
         seq_len=CORPUS_WINDOW,
         batch_size=16,
-        steps=400,
-        lr=3.0e-3,
-        warmup_steps=30,
+        steps=1400,
+        lr=2.0e-3,
+        warmup_steps=50,
         save_dtype=SAVE_DTYPE,
         save_every=100,
     ),
@@ -108,17 +115,17 @@ STAGE_CONFIGS = {
         loss_on_prompt=True,
         seq_len=CORPUS_WINDOW,
         batch_size=16,
-        steps=300,
+        steps=600,
         lr=3.0e-3,
         warmup_steps=30,
         save_dtype=SAVE_DTYPE,
         save_every=100,
     ),
-    "draft_pard": dict(objective="pard", output_dir="draft_pard", steps=400, **PARALLEL_COMMON),
+    "draft_pard": dict(objective="pard", output_dir="draft_pard", steps=600, **PARALLEL_COMMON),
     "draft_pard2": dict(
         objective="pard2",
         output_dir="draft_pard2",
-        steps=400,
+        steps=600,
         target_model="target",
         ce_alpha=0.1,
         kd_alpha=1.0,
@@ -132,12 +139,24 @@ STAGE_CONFIGS = {
 }
 
 
-def write_corpus(out: Path, tokenizer) -> int:
-    from vllm_pard2.tiny_pair import stdlib_corpus
+def training_texts() -> list[str]:
+    return [p.read_text(encoding="utf-8", errors="ignore") for p in stdlib_files(held_out=False)]
 
+
+# One change from the PARD-2 stage each (``--ablations``), same data, steps and init:
+# trained as ``draft_pard2__NAME`` after the main stages.
+ABLATIONS = {
+    "no_cat": dict(cat_weighting=False),  # every row weighs 1
+    "no_kd": dict(kd_alpha=0.0, ce_alpha=1.0),  # CE on the data only
+    "no_feat_mask": dict(target_feat_mask=0.0),  # features never dropped in training
+    "depth_norm": dict(cat_depth_norm=True),  # the option: equal weight mass per depth block
+}
+
+
+def write_corpus(out: Path, tokenizer) -> int:
     n = 0
     with (out / "data" / "corpus.jsonl").open("w") as fh:
-        for text in stdlib_corpus(max_files=10_000):
+        for text in training_texts():
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             for start in range(0, len(ids), CORPUS_WINDOW):
                 window = ids[start : start + CORPUS_WINDOW]
@@ -148,11 +167,9 @@ def write_corpus(out: Path, tokenizer) -> int:
 
 
 def write_prompts(out: Path, tokenizer, seed: int, num_prompts: int = NUM_PROMPTS) -> int:
-    """Snippets of stdlib source that start at a line start, 16-48 tokens long."""
-    from vllm_pard2.tiny_pair import stdlib_corpus
-
+    """Snippets of the training files that start at a line start, 16-48 tokens long."""
     rng = random.Random(seed)
-    files = [t.splitlines(keepends=True) for t in stdlib_corpus(max_files=10_000)]
+    files = [t.splitlines(keepends=True) for t in training_texts()]
     files = [lines for lines in files if len(lines) > 20]
     with (out / "data" / "prompts.jsonl").open("w") as fh:
         for _ in range(num_prompts):
@@ -196,6 +213,18 @@ def install_assets(out: Path, dest: Path = ASSETS) -> None:
                 shutil.copy2(out / src_name / name, dst / name)
 
 
+def stage_config(name: str, seed: int, threads: int, steps_scale: float = 1.0) -> dict:
+    """The trainer config of one stage, as written to ``OUT/configs/NAME.yaml`` (paths relative to it)."""
+    base, _, ablation = name.partition("__")
+    stage = dict(STAGE_CONFIGS[base], **ABLATIONS.get(ablation, {}))
+    if ablation:
+        stage["output_dir"] = name
+    stage = dict(stage, seed=seed, threads=threads, steps=max(1, round(stage["steps"] * steps_scale)))
+    stage = {k: ("../" + v if k in PATH_KEYS else v) for k, v in stage.items()}
+    stage["data"] = ["../" + d for d in stage["data"]]
+    return stage
+
+
 def line_count(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.is_file() else 0
 
@@ -208,10 +237,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps (quick runs)")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads per training stage (1 avoids OpenMP stalls on busy CPUs)"
+        "--threads", type=int, default=2, help="torch threads per training stage (1 avoids OpenMP stalls on busy CPUs)"
     )
     parser.add_argument("--num-prompts", type=int, default=NUM_PROMPTS, help="distillation prompts")
+    parser.add_argument(
+        "--ablations", default="", help=f"comma list of PARD-2 ablations to train too: {', '.join(ABLATIONS)}"
+    )
     args = parser.parse_args()
+    ablations = [a.strip() for a in args.ablations.split(",") if a.strip()]
+    unknown = [a for a in ablations if a not in ABLATIONS]
+    if unknown:
+        parser.error(f"unknown ablations {unknown}; choose from {', '.join(ABLATIONS)}")
 
     from vllm_pard2.tiny_pair import build_tokenizer
 
@@ -229,22 +265,19 @@ def main() -> None:
 
     # A stage whose config is unchanged and finished is reused; a changed stage and
     # everything after it is retrained from scratch; an interrupted one resumes.
+    # Ablation stages (NAME__ABLATION) come last and do not invalidate each other.
     dirty = False
     previous = json.loads((out / "recipe.json").read_text()) if (out / "recipe.json").is_file() else {}
     train = [sys.executable, "-m", "vllm_pard2.train", "-c"]
     generate = [sys.executable, "-m", "vllm_pard2.train.generate", "--target", "target", "--prompts"]
     generate += ["data/prompts.jsonl", "--out", "data/distill.jsonl", "--max-tokens", str(RESPONSE_TOKENS)]
+    measure_confidence = [sys.executable, "-m", "vllm_pard2.train.confidence", "--target", "target", "--out"]
     log["engine_lock_wait_s"] = 0.0
-    for name, stage in STAGE_CONFIGS.items():
-        stage = dict(
-            stage, seed=args.seed, threads=args.threads, steps=max(1, round(stage["steps"] * args.steps_scale))
-        )
-        stage = {k: ("../" + v if k in PATH_KEYS else v) for k, v in stage.items()}
-        stage["data"] = ["../" + d for d in stage["data"]]
-        text = yaml.safe_dump(stage, sort_keys=False)
+    for name in [*STAGE_CONFIGS, *(f"draft_pard2__{a}" for a in ablations)]:
+        text = yaml.safe_dump(stage_config(name, args.seed, args.threads, args.steps_scale), sort_keys=False)
         cfg_path = out / "configs" / f"{name}.yaml"
         if dirty or not cfg_path.is_file() or cfg_path.read_text() != text:
-            dirty = True
+            dirty = dirty or "__" not in name  # ablations depend on the stages above, not on each other
             shutil.rmtree(out / name, ignore_errors=True)
             cfg_path.write_text(text)
         if (out / name / "train_summary.json").is_file():
@@ -252,6 +285,10 @@ def main() -> None:
         else:
             run_stage(name, train + [f"configs/{name}.yaml"], out, log)
         if name == "target":
+            confidence = out / "target" / "confidence.json"
+            if not confidence.is_file():
+                run_stage("target_confidence", [*measure_confidence, str(confidence)], out, log)
+            log["target_confidence"] = json.loads(confidence.read_text())
             distill = out / "data" / "distill.jsonl"
             if dirty:
                 distill.unlink(missing_ok=True)  # a new target needs its own responses
@@ -263,6 +300,9 @@ def main() -> None:
             with engine_lock(args.engine_lock):
                 log["engine_lock_wait_s"] = round(time.perf_counter() - waited, 1)
                 run_stage("distill_data", generate, out, log)
+    from vllm_pard2.train.forward_cost import measure as forward_cost
+
+    log["draft_forward_cost"] = forward_cost(str(out / "target"), str(out / "draft_pard2"))
     log["total_wall_s"] = round(time.perf_counter() - started, 1)
     log["total_wall_s_excluding_lock_wait"] = round(log["total_wall_s"] - log["engine_lock_wait_s"], 1)
     (out / "recipe.json").write_text(json.dumps(log, indent=2))
