@@ -12,13 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_train_smoke import MAX_TOKENS, hf_greedy
+from test_train_smoke import assert_serves_losslessly
 
 from vllm_pard2.train.config import config_from_dict
 from vllm_pard2.train.trainer import Trainer
-
-from conftest import engine_kwargs, shutdown
-from engines import spec_counters
 
 COMMON = dict(seq_len=40, batch_size=4, steps=2, lr=1e-3, threads=1, para_num=4, cod_ratio=0.7, cod_min_ratio=0.2)
 
@@ -92,21 +89,4 @@ def test_torchrun_trains_one_model_on_two_processes(ddp_trained, objective):
 
 def test_torchrun_pard2_drafter_is_lossless_in_vllm(tiny_pair, ddp_trained):
     """Greedy pard2 decoding with the 2-process drafter drafts tokens and equals plain greedy."""
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    drafter = ddp_trained["pard2"][0]
-    prompts = [[20 + i, 40 + 3 * i, 77, 90 + i, 5 + i] for i in range(3)]
-    spec = {"method": "pard2", "model": str(drafter), "num_speculative_tokens": 3}
-    llm = LLM(model=str(tiny_pair["target"]), speculative_config=spec, **engine_kwargs())
-    try:
-        outs = llm.generate(
-            [TokensPrompt(prompt_token_ids=p) for p in prompts],
-            SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True),
-            use_tqdm=False,
-        )
-        counters, _ = spec_counters(llm)
-    finally:
-        shutdown(llm)
-    assert counters["vllm:spec_decode_num_drafts"] > 0
-    assert [list(o.outputs[0].token_ids) for o in outs] == hf_greedy(tiny_pair["target"], prompts)
+    assert_serves_losslessly(tiny_pair["target"], ddp_trained["pard2"][0], k=3)

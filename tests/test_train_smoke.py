@@ -161,6 +161,27 @@ def hf_greedy(target: Path, prompts: list[list[int]]) -> list[list[int]]:
     return outputs
 
 
+def assert_serves_losslessly(target: Path, draft: Path, k: int, **spec_extra) -> None:
+    """Greedy pard2 decoding with ``draft`` drafts tokens and equals plain (HF) greedy."""
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    prompts = [[20 + i, 40 + 3 * i, 77, 90 + i, 5 + i] for i in range(PROMPTS)]
+    spec = {"method": "pard2", "model": str(draft), "num_speculative_tokens": k, **spec_extra}
+    llm = LLM(model=str(target), speculative_config=spec, **engine_kwargs())
+    try:
+        outs = llm.generate(
+            [TokensPrompt(prompt_token_ids=p) for p in prompts],
+            SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True),
+            use_tqdm=False,
+        )
+        counters, _ = spec_counters(llm)
+    finally:
+        shutdown(llm)
+    assert counters["vllm:spec_decode_num_drafts"] > 0
+    assert [list(o.outputs[0].token_ids) for o in outs] == hf_greedy(target, prompts)
+
+
 def test_weight_mass_by_depth_is_logged(tiny_pair, slice_data, trained, tmp_path):
     """Each run records where its loss weight went per depth block (train log, summary):
     PARD weighs every row alike; PARD-2's CAT weights shrink with depth on this unsure
@@ -190,23 +211,7 @@ def test_weight_mass_by_depth_is_logged(tiny_pair, slice_data, trained, tmp_path
 @pytest.mark.parametrize("objective", ["pard", "pard2"])
 def test_trained_drafter_runs_in_vllm(tiny_pair, trained, objective):
     """Greedy pard2 decoding with the trained drafter drafts tokens and equals plain greedy."""
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    prompts = [[20 + i, 40 + 3 * i, 77, 90 + i, 5 + i] for i in range(PROMPTS)]
-    spec = {"method": "pard2", "model": str(trained[objective]), "num_speculative_tokens": 3}
-    llm = LLM(model=str(tiny_pair["target"]), speculative_config=spec, **engine_kwargs())
-    try:
-        outs = llm.generate(
-            [TokensPrompt(prompt_token_ids=p) for p in prompts],
-            SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True),
-            use_tqdm=False,
-        )
-        counters, _ = spec_counters(llm)
-    finally:
-        shutdown(llm)
-    assert counters["vllm:spec_decode_num_drafts"] > 0
-    assert [list(o.outputs[0].token_ids) for o in outs] == hf_greedy(tiny_pair["target"], prompts)
+    assert_serves_losslessly(tiny_pair["target"], trained[objective], k=3)
 
 
 def test_shipped_tiny_pair_has_the_plugin_layout():
@@ -229,9 +234,6 @@ def test_recipe_stages_train_and_serve(tiny_pair, slice_data, tmp_path):
     """recipe_tiny's own stage configs (shapes, objectives, loss settings), cut to 2 steps
     on a slice, train in order; the PARD-2 drafter then serves in TD mode, losslessly.
     The PARD stages distil against the sharpened test target (exact greedy comparisons)."""
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
-
     from vllm_pard2.train.recipe_tiny import STAGE_CONFIGS, stage_config
 
     out = tmp_path / "recipe"
@@ -250,21 +252,9 @@ def test_recipe_stages_train_and_serve(tiny_pair, slice_data, tmp_path):
     assert draft_cfg["num_hidden_layers"] == STAGE_CONFIGS["draft_ar"]["model"]["num_hidden_layers"]
     assert draft_cfg["pard2_target_layers"] == STAGE_CONFIGS["draft_pard2"]["pard2_target_layers"]
 
-    prompts = [[20 + i, 40 + 3 * i, 77, 90 + i, 5 + i] for i in range(PROMPTS)]
-    spec = {"method": "pard2", "model": str(out / "draft_pard2"), "num_speculative_tokens": 4}
-    spec.update(pard2_mode="target_dependent", pard2_adaptive_k=False)
-    llm = LLM(model=str(tiny_pair["target"]), speculative_config=spec, **engine_kwargs())
-    try:
-        outs = llm.generate(
-            [TokensPrompt(prompt_token_ids=p) for p in prompts],
-            SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True),
-            use_tqdm=False,
-        )
-        counters, _ = spec_counters(llm)
-    finally:
-        shutdown(llm)
-    assert counters["vllm:spec_decode_num_drafts"] > 0
-    assert [list(o.outputs[0].token_ids) for o in outs] == hf_greedy(tiny_pair["target"], prompts)
+    assert_serves_losslessly(
+        tiny_pair["target"], out / "draft_pard2", k=4, pard2_mode="target_dependent", pard2_adaptive_k=False
+    )
 
 
 def test_confidence_prompts_come_from_held_out_files():
