@@ -164,7 +164,8 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
-    unknown = [r for r in rows if resolve_row(r) is None]
+    resolved = {r: resolve_row(r) for r in rows}
+    unknown = [r for r, spec in resolved.items() if spec is None]
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
     ks = [int(k) for k in args.ks.split(",")]
@@ -172,7 +173,7 @@ def main() -> None:
         target, drafts = SHIPPED / "target", {"draft_pard2": SHIPPED / "draft"}
     else:
         target = args.recipe_dir / "target"
-        drafts = {resolve_row(r)[0]: args.recipe_dir / resolve_row(r)[0] for r in rows}
+        drafts = {draft_name: args.recipe_dir / draft_name for draft_name, _, _ in resolved.values()}
     prompts = load_prompts(args.num_prompts)
     result: dict = {
         "tau_definition": "1 + accepted_tokens / drafts (the bonus token is counted)",
@@ -184,7 +185,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for row in rows:
-        draft_name, spec_extra, _ = resolve_row(row)
+        draft_name, spec_extra, _ = resolved[row]
         if draft_name not in drafts:
             parser.error(f"row {row} needs --recipe-dir (the shipped assets hold only the PARD-2 drafter)")
         result["rows"][row] = []

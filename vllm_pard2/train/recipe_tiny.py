@@ -153,10 +153,10 @@ ABLATIONS = {
 }
 
 
-def write_corpus(out: Path, tokenizer) -> int:
+def write_corpus(out: Path, tokenizer, texts: list[str]) -> int:
     n = 0
     with (out / "data" / "corpus.jsonl").open("w") as fh:
-        for text in training_texts():
+        for text in texts:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             for start in range(0, len(ids), CORPUS_WINDOW):
                 window = ids[start : start + CORPUS_WINDOW]
@@ -166,10 +166,10 @@ def write_corpus(out: Path, tokenizer) -> int:
     return n
 
 
-def write_prompts(out: Path, tokenizer, seed: int, num_prompts: int = NUM_PROMPTS) -> int:
+def write_prompts(out: Path, tokenizer, texts: list[str], seed: int, num_prompts: int = NUM_PROMPTS) -> int:
     """Snippets of the training files that start at a line start, 16-48 tokens long."""
     rng = random.Random(seed)
-    files = [t.splitlines(keepends=True) for t in training_texts()]
+    files = [t.splitlines(keepends=True) for t in texts]
     files = [lines for lines in files if len(lines) > 20]
     with (out / "data" / "prompts.jsonl").open("w") as fh:
         for _ in range(num_prompts):
@@ -259,8 +259,9 @@ def main() -> None:
 
     t = time.perf_counter()
     tokenizer = build_tokenizer(out / "tokenizer", vocab_size=VOCAB_SIZE)
-    log["corpus_windows"] = write_corpus(out, tokenizer)
-    log["prompts"] = write_prompts(out, tokenizer, args.seed, args.num_prompts)
+    texts = training_texts()  # about 28 MB of source, read once for the corpus and the prompts
+    log["corpus_windows"] = write_corpus(out, tokenizer, texts)
+    log["prompts"] = write_prompts(out, tokenizer, texts, args.seed, args.num_prompts)
     log["stages"]["tokenizer_and_data"] = {"wall_s": round(time.perf_counter() - t, 1)}
 
     # A stage whose config is unchanged and finished is reused; a changed stage and
