@@ -74,6 +74,36 @@ def test_no_draft_fetch_after_a_k0_step():
     assert fetched == [1, 1]
 
 
+def test_plain_k0_steps_bypass_vllms_draft_preparation():
+    """A pard2 step that verifies no drafts and drafts none goes from the runner
+    straight to the proposer's k = 0 bookkeeping; steps that verify drafts,
+    steps that draft, and other methods keep vLLM's path."""
+    from types import SimpleNamespace
+
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    from vllm_pard2 import patches
+
+    patches.apply_all()
+    calls = []
+    drafter = SimpleNamespace(
+        skips_plain_steps=True, skip_plain_step=lambda aux, cad: calls.append((aux, cad)) or "none"
+    )
+    runner = SimpleNamespace(drafter=drafter, speculative_config=SimpleNamespace(disable_padded_drafter_batch=False),
+                             valid_sampled_token_count_event=None)  # fmt: skip
+    plain = SimpleNamespace(num_spec_tokens_to_schedule=0, scheduled_spec_decode_tokens={})
+    args = ["sampled", "metadata", "hidden", "sample_hidden", "aux", None, "cad", "slots"]
+    assert GPUModelRunner.propose_draft_token_ids(runner, plain, *args) == "none"
+    assert calls == [("aux", "cad")]
+    assert patches._plain_pard2_step(runner, plain)
+    verifying = SimpleNamespace(num_spec_tokens_to_schedule=0, scheduled_spec_decode_tokens={"a": [5, 6]})
+    drafting = SimpleNamespace(num_spec_tokens_to_schedule=3, scheduled_spec_decode_tokens={})
+    assert not patches._plain_pard2_step(runner, verifying)
+    assert not patches._plain_pard2_step(runner, drafting)
+    runner.drafter = SimpleNamespace()  # another method's drafter
+    assert not patches._plain_pard2_step(runner, plain)
+
+
 def test_plan_inserts_catch_up_rows_before_each_request():
     # Regular layout: request 0 has rows [0, 3), request 1 rows [3, 8).
     qsl = np.array([0, 3, 8], dtype=np.int32)

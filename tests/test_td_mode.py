@@ -87,26 +87,50 @@ def test_carried_feature_used_only_at_the_next_position():
     out = torch.empty(16, 2)
     projected = torch.arange(8.0).reshape(4, 2)  # rows 0..3 of this step
     live = {"a"}
+
+    def slot_a():
+        return carry.on_device(carry.host_slots(["a"], live))
+
     # Step 1: prefill of positions 0..3 -> row 0 gets the zero feature.
-    fuse_features(
-        projected, torch.arange(4), torch.tensor([0, 4]), None, 2, 6, zero, carry, carry.slots(["a"], live), out
-    )
+    fuse_features(projected, torch.arange(4), torch.tensor([0, 4]), None, 2, 6, zero, carry, slot_a(), out)
     assert out[0].tolist() == [-1.0, -1.0]
     assert out[1:6].tolist() == [[0, 1], [2, 3], [4, 5], [6, 7], [6, 7]]
     # Step 2 continues at position 4: its first row gets position 3's feature.
     step2 = projected + 100
-    fuse_features(
-        step2, torch.tensor([4, 5]), torch.tensor([0, 2]), None, 2, 4, zero, carry, carry.slots(["a"], live), out
-    )
+    fuse_features(step2, torch.tensor([4, 5]), torch.tensor([0, 2]), None, 2, 4, zero, carry, slot_a(), out)
     assert out[0].tolist() == [6, 7]
     # A request resuming at another position (prefix hit, preemption) gets zero.
-    fuse_features(
-        step2, torch.tensor([9, 10]), torch.tensor([0, 2]), None, 2, 4, zero, carry, carry.slots(["a"], live), out
-    )
+    fuse_features(step2, torch.tensor([9, 10]), torch.tensor([0, 2]), None, 2, 4, zero, carry, slot_a(), out)
     assert out[0].tolist() == [-1.0, -1.0]
     # Finished requests give their slot back; the table grows when full.
-    carry.slots(["b", "c"], {"b", "c"})
+    carry.host_slots(["b", "c"], {"b", "c"})
     assert carry.value.shape[0] == 2
+
+
+def test_stashed_rows_are_projected_once_when_a_drafting_step_needs_them():
+    """k = 0 steps stash raw captured rows; ``resolve`` projects only the stashed
+    slots it is asked for, once, and a finished request's stash is dropped."""
+    carry = FeatureCarry(width=2, dtype=torch.float32, device=torch.device("cpu"), capacity=2)
+    calls = []
+
+    def projection(raw):
+        calls.append(raw.shape[0])
+        return raw[:, :2] * 10
+
+    a, b = carry.host_slots(["a", "b"], {"a", "b"})
+    carry.value[b] = torch.tensor([7.0, 7.0])
+    carry.stash([a], torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([5]))
+    assert carry.position[a].item() == 5 and carry.value[a].tolist() == [0.0, 0.0]
+    carry.stash([a], torch.tensor([[4.0, 5.0, 6.0]]), torch.tensor([6]))  # the newest row wins
+    carry.resolve([a, b], projection)
+    assert calls == [1] and carry.value[a].tolist() == [40.0, 50.0] and carry.value[b].tolist() == [7.0, 7.0]
+    carry.resolve([a, b], projection)
+    assert calls == [1]  # nothing stashed any more
+    carry.stash([b], torch.tensor([[1.0, 1.0, 1.0]]), torch.tensor([3]))
+    carry.host_slots(["c", "d", "e"], {"c", "d", "e"})  # a, b finished; the table grows
+    assert carry.raw.shape[0] == carry.value.shape[0] == 4
+    carry.resolve(list(range(4)), projection)
+    assert calls == [1]
 
 
 # --- checkpoint layout ------------------------------------------------------

@@ -51,6 +51,7 @@ def apply_all() -> None:
     patch_scheduler_make_spec_decoding_stats()
     patch_scheduler_update_from_output()
     patch_engine_core_post_step()
+    patch_runner_plain_step_at_k0()
     patch_scheduler_stats_adaptive_k_field()
     patch_prometheus_stat_logger_record()
 
@@ -542,6 +543,84 @@ def patch_engine_core_post_step() -> None:
         return original(self, model_executed)
 
     EngineCore.post_step = post_step
+
+
+def _plain_pard2_step(runner: Any, scheduler_output: Any) -> bool:
+    """A pard2 step that verifies no drafts and drafts none (k = 0 after k = 0)."""
+    return (
+        getattr(runner.drafter, "skips_plain_steps", False)
+        and scheduler_output.num_spec_tokens_to_schedule == 0
+        and not scheduler_output.scheduled_spec_decode_tokens
+        and not runner.speculative_config.disable_padded_drafter_batch
+    )
+
+
+class _PlainLogitsRows:
+    """Stands in for ``SpecDecodeMetadata`` inside ``_prepare_inputs`` on a plain
+    pard2 step: only ``logits_indices`` (each request's last row) is read there."""
+
+    def __init__(self, logits_indices: Any) -> None:
+        self.logits_indices = logits_indices
+
+
+def patch_runner_plain_step_at_k0() -> None:
+    """``GPUModelRunner._prepare_inputs``, ``GPUModelRunner._calc_spec_decode_metadata``
+    and ``GPUModelRunner.propose_draft_token_ids``.
+
+    vLLM 0.32's runner takes its speculative path on every step of a
+    speculative engine, drafts or not: spec-decode metadata, the rejection
+    sampler (on zero drafts), and, after sampling, the draft input preparation
+    (next tokens, padded inputs, all target rows' hidden states concatenated)
+    before the proposer learns that k = 0. On CPU that is about 1 ms a step,
+    which put a k = 0 step well below plain decoding. On a pard2 step that
+    verifies no drafts and drafts none, ``_calc_spec_decode_metadata`` builds
+    only the logits rows (each request's last row, as without speculation),
+    ``_prepare_inputs`` hands back no spec-decode metadata (so the plain sampler
+    runs), and ``propose_draft_token_ids`` goes straight to
+    ``Pard2Proposer.skip_plain_step`` (draft-lag and TD bookkeeping on B rows).
+    Under async scheduling the next-token / valid-count hand-off that the
+    runner's bookkeeping reads is still made.
+    """
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    prepare_inputs = GPUModelRunner._prepare_inputs
+    calc_metadata = GPUModelRunner._calc_spec_decode_metadata
+    propose = GPUModelRunner.propose_draft_token_ids
+
+    @functools.wraps(prepare_inputs)
+    def _prepare_inputs(self, scheduler_output, *args, **kwargs):
+        self._pard2_plain_step = self.speculative_config is not None and _plain_pard2_step(self, scheduler_output)
+        try:
+            logits_indices, metadata, max_sampled = prepare_inputs(self, scheduler_output, *args, **kwargs)
+        finally:
+            plain, self._pard2_plain_step = self._pard2_plain_step, False
+        return logits_indices, (None if plain else metadata), max_sampled
+
+    @functools.wraps(calc_metadata)
+    def _calc_spec_decode_metadata(self, num_draft_tokens, cu_num_scheduled_tokens, *args, **kwargs):
+        if getattr(self, "_pard2_plain_step", False):
+            return _PlainLogitsRows(self.query_start_loc.gpu[1 : len(cu_num_scheduled_tokens) + 1] - 1)
+        return calc_metadata(self, num_draft_tokens, cu_num_scheduled_tokens, *args, **kwargs)
+
+    @functools.wraps(propose)
+    def propose_draft_token_ids(self, scheduler_output, sampled_token_ids, sampling_metadata, hidden_states,
+                                sample_hidden_states, aux_hidden_states, spec_decode_metadata, common_attn_metadata,
+                                slot_mappings):  # fmt: skip
+        if not _plain_pard2_step(self, scheduler_output):
+            return propose(self, scheduler_output, sampled_token_ids, sampling_metadata, hidden_states,
+                           sample_hidden_states, aux_hidden_states, spec_decode_metadata, common_attn_metadata,
+                           slot_mappings)  # fmt: skip
+        self._draft_probs = self._draft_prob_req_ids = None
+        if self.valid_sampled_token_count_event is not None:
+            next_token_ids, valid_counts = self.drafter.prepare_next_token_ids_padded(
+                sampled_token_ids, self.requests, self.input_batch, self.discard_request_mask.gpu
+            )
+            self._copy_valid_sampled_token_count(next_token_ids, valid_counts)
+        return self.drafter.skip_plain_step(aux_hidden_states, common_attn_metadata)
+
+    GPUModelRunner._prepare_inputs = _prepare_inputs
+    GPUModelRunner._calc_spec_decode_metadata = _calc_spec_decode_metadata
+    GPUModelRunner.propose_draft_token_ids = propose_draft_token_ids
 
 
 def patch_scheduler_stats_adaptive_k_field() -> None:

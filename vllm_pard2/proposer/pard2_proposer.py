@@ -42,6 +42,8 @@ logger = init_logger(f"vllm.{__name__}")  # under "vllm": vLLM configures only t
 
 
 class Pard2Proposer(DraftModelProposer):
+    skips_plain_steps = True  # the runner calls skip_plain_step on k = 0 steps (patches.py)
+
     def __init__(self, vllm_config, device, runner=None) -> None:
         super().__init__(vllm_config=vllm_config, device=device, runner=runner)
         self.runner = runner  # host copies of the batch: token ids, positions, request ids
@@ -153,6 +155,8 @@ class Pard2Proposer(DraftModelProposer):
             batch_size = cad.batch_size()
             projected = self.projection(target_hidden_states)
             req_ids = self.runner.input_batch.req_ids[:batch_size]
+            slots = self.carry.host_slots(req_ids, self.runner.requests)
+            self.carry.resolve(slots, self.projection)
             fuse_features(
                 projected,
                 target_positions,
@@ -162,7 +166,7 @@ class Pard2Proposer(DraftModelProposer):
                 num_tokens,
                 self.zero_feature,
                 self.carry,
-                self.carry.slots(req_ids, self.runner.requests),
+                self.carry.on_device(slots),
                 self.fused_features,
             )
         if self.runner is not None:
@@ -185,11 +189,29 @@ class Pard2Proposer(DraftModelProposer):
         self.lag.skip(req_ids, starts)
         if self.target_dependent:
             rows = last_verified_rows(common_attn_metadata.query_start_loc[: batch_size + 1], num_rejected_tokens_gpu)
-            projected = self.projection(target_hidden_states[rows])
-            slots = self.carry.slots(req_ids, self.runner.requests)
-            self.carry.value[slots] = projected
-            self.carry.position[slots] = target_positions[rows].long()
+            self._carry_rows(req_ids, target_hidden_states[rows], target_positions[rows])
         return torch.empty(batch_size, 0, dtype=torch.int64, device=self.device)
+
+    def skip_plain_step(self, aux_hidden_states: list[torch.Tensor] | None, common_attn_metadata) -> torch.Tensor:
+        """k = 0 after a step that verified no drafts: ``_skip_drafter``'s bookkeeping
+        straight from the runner (``patches.patch_runner_plain_step_at_k0``), without
+        vLLM's draft input preparation. Every request's last row is verified, so
+        TD mode concatenates and projects only those B rows."""
+        self._last_draft_probs = None
+        batch_size = common_attn_metadata.batch_size()
+        req_ids, starts = self._batch(batch_size)
+        self.lag.skip(req_ids, starts)
+        if self.target_dependent:
+            assert aux_hidden_states is not None
+            rows = last_verified_rows(common_attn_metadata.query_start_loc[: batch_size + 1], None)
+            hidden = torch.cat([h[rows] for h in aux_hidden_states], dim=-1)
+            self._carry_rows(req_ids, hidden, self.runner._get_positions(rows))
+        return torch.empty(batch_size, 0, dtype=torch.int64, device=self.device)
+
+    def _carry_rows(self, req_ids: list[str], target_hidden: torch.Tensor, positions: torch.Tensor) -> None:
+        """TD: each request's carried state becomes its last verified row (projected
+        when the next drafting step needs it)."""
+        self.carry.stash(self.carry.host_slots(req_ids, self.runner.requests), target_hidden, positions)
 
     def _catch_up(self, num_tokens: int, token_indices_to_sample: torch.Tensor, cad):
         """Prepend the tokens that k = 0 steps left out of the draft KV (``catch_up``)."""

@@ -23,6 +23,7 @@ zero feature (lossless either way: features only change the drafts).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -152,34 +153,63 @@ class TargetProjection:
 
 class FeatureCarry:
     """Per-request projected feature of the last verified target row, kept
-    across steps in fixed slots (requests move around vLLM's batch)."""
+    across steps in fixed slots (requests move around vLLM's batch).
+
+    A k = 0 step only stashes the raw captured row (``stash``); the first
+    drafting step projects what its requests stashed (``resolve``), so a long
+    k = 0 stretch pays one projection, not one per step."""
 
     def __init__(self, width: int, dtype: torch.dtype, device: torch.device, capacity: int = 256) -> None:
         self.value = torch.zeros(capacity, width, dtype=dtype, device=device)
         self.position = torch.full((capacity,), -2, dtype=torch.long, device=device)
+        self.raw: torch.Tensor | None = None  # [capacity, captured width], allocated at the first stash
+        self._stashed: set[int] = set()  # slots whose newest state is in raw, not yet in value
         self._slot_of: dict[str, int] = {}
         self._free: list[int] = list(range(capacity - 1, -1, -1))
 
-    def slots(self, req_ids: list[str], live: object) -> torch.Tensor:
+    def host_slots(self, req_ids: list[str], live: object) -> list[int]:
         """Slots of ``req_ids`` (new ones allocated); requests no longer in
         ``live`` (finished or preempted) give their slots back."""
         for req_id in [r for r in self._slot_of if r not in live]:
             slot = self._slot_of.pop(req_id)
             self.position[slot] = -2
+            self._stashed.discard(slot)
             self._free.append(slot)
         for req_id in req_ids:
             if req_id not in self._slot_of:
                 if not self._free:
                     self._grow()
                 self._slot_of[req_id] = self._free.pop()
-        return torch.tensor([self._slot_of[r] for r in req_ids], dtype=torch.long).to(
-            self.value.device, non_blocking=True
-        )
+        return [self._slot_of[r] for r in req_ids]
+
+    def stash(self, slots: list[int], captured: torch.Tensor, positions: torch.Tensor) -> None:
+        """Keep the raw captured rows (not projected yet) as these slots' newest state."""
+        if self.raw is None or self.raw.shape[1] != captured.shape[1]:
+            self.raw = captured.new_zeros(self.value.shape[0], captured.shape[1])
+        index = self.on_device(slots)
+        self.raw[index] = captured
+        self.position[index] = positions.long()
+        self._stashed.update(slots)
+
+    def resolve(self, slots: list[int], projection: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Project the stashed rows of ``slots`` into ``value``."""
+        todo = self._stashed.intersection(slots)
+        if not todo:
+            return
+        assert self.raw is not None
+        index = self.on_device(sorted(todo))
+        self.value[index] = projection(self.raw[index])
+        self._stashed -= todo
+
+    def on_device(self, slots: list[int]) -> torch.Tensor:
+        return torch.tensor(slots, dtype=torch.long).to(self.value.device, non_blocking=True)
 
     def _grow(self) -> None:
         old = self.value.shape[0]
         self.value = torch.cat([self.value, torch.zeros_like(self.value)])
         self.position = torch.cat([self.position, torch.full_like(self.position, -2)])
+        if self.raw is not None:
+            self.raw = torch.cat([self.raw, torch.zeros_like(self.raw)])
         self._free.extend(range(2 * old - 1, old - 1, -1))
 
 
