@@ -172,8 +172,10 @@ def test_a_cold_start_sample_does_not_keep_drafting_on() -> None:
 def test_a_borrowed_cost_curve_is_checked_soon() -> None:
     """A warm-up request alone (batch 1: drafting nearly free) explores both ends; then
     a batch of 16 on a compute-bound target, where drafting loses. The batch-16 bucket
-    starts from the batch-1 curve (draft K) and measures its own k = 0 within a few
-    steps instead of drafting for the rest of the run (the main job's first version)."""
+    starts from the batch-1 curve with its drafting cost grown to batch 16 (so not at
+    the batch-1 choice K), measures its own ends within a few steps instead of drafting
+    for the rest of the run (the main job's first version), and does not walk through
+    the ks in between while an end is still borrowed."""
 
     def verify(b: int, n: int) -> float:
         return 1e-2 if b == 1 else compute_bound(b, n)
@@ -183,7 +185,29 @@ def test_a_borrowed_cost_curve_is_checked_soon() -> None:
         ctrl = controller()
         trace = simulate(ctrl, engine, batch=lambda step: 1 if step < 20 else 16, steps=120, seed=seed)
         assert ctrl.buckets[1].has_ends(K) and ctrl.buckets[(16).bit_length()].has_ends(K)
-        assert trace.ks[50:].count(0) / 70 > 0.9, (seed, trace.ks)
+        assert trace.ks[:20].count(K) >= 10  # batch 1: drafting K pays
+        assert max(trace.ks[20:24]) < K, (seed, trace.ks)
+        assert trace.ks[40:].count(0) / 80 > 0.95, (seed, trace.ks)
+
+
+def test_each_bucket_resumes_its_own_k_when_the_batch_size_returns() -> None:
+    """Batches of 1 and 16 in turns (an offline job's batches, then single requests):
+    once both buckets have decided, each phase starts at its own bucket's k, with no
+    steps spent carrying the other bucket's k over (each switch cost a K step at
+    batch 16 on the main job)."""
+
+    def verify(b: int, n: int) -> float:
+        return 1e-2 if b == 1 else compute_bound(b, n)
+
+    engine = Engine(verify, drafter, lambda step: [0.7] * K, noise=0.05)
+    for seed in range(3):
+        ctrl = controller()
+        trace = simulate(ctrl, engine, batch=lambda step: 1 if (step // 40) % 2 == 0 else 16, steps=400, seed=seed)
+        for phase in range(2, 10):
+            ks = trace.ks[40 * phase : 40 * phase + 40]
+            expected = K if phase % 2 == 0 else 0
+            assert ks[:5] == [expected] * 5, (seed, phase, ks)
+            assert ks.count(expected) >= 36, (seed, phase, ks)
 
 
 def test_probes_recover_acceptance_after_a_k0_stretch() -> None:

@@ -79,6 +79,7 @@ class BucketCosts:
     steps_since_probe: int = 0
     last_sample: dict[int, int] = field(default_factory=dict)  # k -> index of its last sample
     provisional: set[int] = field(default_factory=set)  # ks known only from their exploration run
+    decision: int | None = None  # this bucket's k outside runs (None until it first decides)
 
     def observe(self, k: int, seconds: float, decay: float, exploring: bool = False) -> None:
         old = self.seconds.get(k)
@@ -109,10 +110,14 @@ class BucketCosts:
         values = [self.seconds[k] for k in ks]
         return [self.seconds[k] if k in self.seconds else _interp(ks, values, k) for k in range(k_max + 1)]
 
-    def borrowed_seconds(self, donor: BucketCosts, k_max: int) -> list[float]:
+    def borrowed_seconds(self, donor: BucketCosts, k_max: int, growth: float = 1.0) -> list[float]:
         """Own measurements, the other ks from ``donor``'s cost curve scaled to match
-        the most-sampled own k (a bucket's decision depends only on cost ratios)."""
+        the most-sampled own k (a bucket's decision depends only on cost ratios).
+        ``growth`` multiplies the donor's drafting cost (each k's cost above k = 0):
+        a bucket of larger batches assumes drafting costs grow with the batch, as on
+        a compute-bound target, until it has measured its own."""
         curve = donor.step_seconds(k_max)
+        curve = [curve[0] + growth * (c - curve[0]) for c in curve]
         if not self.seconds:
             return curve
         ref = max(self.seconds, key=self.samples.__getitem__)
@@ -131,7 +136,7 @@ class AdaptiveK:
         self.k_max = settings.k_max
         self.tracker = AcceptanceTracker(self.k_max, settings.acceptance_decay, settings.acceptance_prior)
         self.buckets: dict[int, BucketCosts] = {}
-        self.decision = self.k_max  # vLLM's own behaviour until measurements say otherwise
+        self.decision = self.k_max  # the last chosen bucket's; vLLM's own k until measured
         self.switches = 0
         self.probes = 0
         self.last_k = self.k_max
@@ -139,6 +144,7 @@ class AdaptiveK:
         self._run_k = self.k_max
         self._run_left = 0
         self._run_kind: str | None = None
+        self._run_bucket: BucketCosts | None = None
         self._decision_before_probe = self.k_max
         self._probe_bucket: BucketCosts | None = None
         self._verified: dict[tuple[int, int], int] = {}  # (drafts, accepted) -> request-steps, this step
@@ -150,6 +156,10 @@ class AdaptiveK:
     def _choose(self, batch_size: int) -> int:
         bucket = self._bucket(batch_size)
         bucket.steps_since_probe += 1
+        if self._run_bucket is not bucket:
+            # A run (exploration, dwell, probe) belongs to its bucket: a batch of
+            # another size ends it, and gets its own bucket's decision at once.
+            self._run_left, self._run_kind, self._probe_bucket = 0, None, None
         if self._run_left > 0:
             self._run_left -= 1
             return self._run_k
@@ -157,36 +167,47 @@ class AdaptiveK:
         costs = self._costs(bucket)
         if costs is None:
             missing = self.k_max if self.k_max not in bucket.seconds else 0
-            return self._start_run(missing, "explore", self.settings.run_steps)
+            return self._start_run(bucket, missing, "explore", self.settings.run_steps)
         table = CostTable.from_step_times([batch_size], [costs])
         choice = choose_k(batch_size, self.tracker.alpha, table, self.k_max, self.settings.min_gain)
         best, rates = choice.k, choice.tokens_per_s_by_k
         self.last_rates = rates
-        if finished_kind == "probe" and self._probe_bucket is not None:
-            self._after_probe(self._probe_bucket, rates)
-        if best != self.decision and rates[best] > rates[self.decision] * (1.0 + self.settings.switch_margin):
-            self.decision = best
-            self.switches += 1
-            return self._start_run(best, "dwell", self.settings.dwell_steps)
+        if bucket.decision is None:
+            bucket.decision = self.decision  # a new bucket starts from the last one's k
+        self.decision = bucket.decision
+        if finished_kind == "probe" and self._probe_bucket is bucket:
+            self._after_probe(bucket, rates)
         # Ends this bucket knows only from a donor bucket or from its cold exploration
-        # run are measured once, soon, before the decision is trusted.
-        cold = sorted(({0, self.k_max} - set(bucket.seconds) | bucket.provisional) - {self.decision})
+        # run are measured once, soon, before the decision is trusted (and before it
+        # moves on: a borrowed end keeps intermediate ks looking better than they are).
+        cold = sorted(({0, self.k_max} - set(bucket.seconds) | bucket.provisional) - {bucket.decision})
+        cold_due = bool(cold) and bucket.steps_since_probe >= min(
+            bucket.probe_interval, self.settings.cold_probe_interval
+        )
+        if (
+            not cold_due
+            and best != bucket.decision
+            and rates[best] > rates[bucket.decision] * (1.0 + self.settings.switch_margin)
+        ):
+            bucket.decision = self.decision = best
+            self.switches += 1
+            return self._start_run(bucket, best, "dwell", self.settings.dwell_steps)
         if cold:
             interval = min(bucket.probe_interval, self.settings.cold_probe_interval)
         else:
             interval = max(bucket.probe_interval, self._budget_interval(bucket, costs))
         if bucket.steps_since_probe >= interval:
             bucket.steps_since_probe = 0
-            target = cold[0] if cold else (self.k_max if self.decision < self.k_max else 0)
-            if target > 0 or cold or rates[self.decision] < rates[0] * self.settings.probe_gain_limit:
+            target = cold[0] if cold else (self.k_max if bucket.decision < self.k_max else 0)
+            if target > 0 or cold or rates[bucket.decision] < rates[0] * self.settings.probe_gain_limit:
                 self.probes += 1
-                self._decision_before_probe, self._probe_bucket = self.decision, bucket
+                self._decision_before_probe, self._probe_bucket = bucket.decision, bucket
                 # Two steps: the first verifies the old k's drafts (a transition), the
                 # second is a clean sample of the probed k's cost; the drafts of K
                 # verified in the second (and the step after) observe every position.
                 steps = self.settings.probe_steps
-                return self._start_run(target, "probe", steps)
-        return self.decision
+                return self._start_run(bucket, target, "probe", steps)
+        return bucket.decision
 
     def _budget_interval(self, bucket: BucketCosts, costs: list[float]) -> int:
         """Steps between probes that keep a K probe's extra cost within ``probe_budget``
@@ -211,21 +232,24 @@ class AdaptiveK:
         )
         self._probe_bucket = None
 
-    def _start_run(self, k: int, kind: str, steps: int) -> int:
-        self._run_k, self._run_kind, self._run_left = k, kind, steps - 1
+    def _start_run(self, bucket: BucketCosts, k: int, kind: str, steps: int) -> int:
+        self._run_bucket, self._run_k, self._run_kind, self._run_left = bucket, k, kind, steps - 1
         return k
 
     def _costs(self, bucket: BucketCosts) -> list[float] | None:
         """The bucket's step cost per k: its own curve once it has measured both ends;
         until then the nearest bucket's curve that has (no exploration run per batch
-        size: an offline run drains through every bucket); None if no bucket has."""
+        size: an offline run drains through every bucket), its drafting cost doubled
+        per bucket up (safe: a bigger batch starts near k = 0, not at the small
+        batch's free K); None if no bucket has."""
         if bucket.has_ends(self.k_max):
             return bucket.step_seconds(self.k_max)
         key = next(key for key, b in self.buckets.items() if b is bucket)
         donors = [(abs(other - key), other) for other, b in self.buckets.items() if b.has_ends(self.k_max)]
         if not donors:
             return None
-        return bucket.borrowed_seconds(self.buckets[min(donors)[1]], self.k_max)
+        donor = min(donors)[1]
+        return bucket.borrowed_seconds(self.buckets[donor], self.k_max, growth=2.0 ** max(key - donor, 0))
 
     def _bucket(self, batch_size: int) -> BucketCosts:
         key = batch_bucket(batch_size)
