@@ -243,3 +243,26 @@ def test_server_benchmark(tiny_pair, tmp_path) -> None:
         _check_common(row)
         _check_spec(row)
         assert row["speedup_vs_none"] is None  # no no-speculation server in this invocation
+
+
+def test_interleaved_ratios_per_round_and_argument_errors(capsys) -> None:
+    """``benchmarks.interleaved``: ratios to no speculation per round (median and
+    pooled), outputs compared per round; no baseline or a bad mode fails at once."""
+    from benchmarks import interleaved
+
+    rounds = [
+        {"seconds": {"none": 2.0, "pard2": 1.0}, "outputs": {"none": [[1, 2]], "pard2": [[1, 2]]}},
+        {"seconds": {"none": 3.0, "pard2": 2.0}, "outputs": {"none": [[1, 2]], "pard2": [[1, 2]]}},
+        {"seconds": {"none": 2.0, "pard2": 2.0}, "outputs": {"none": [[1, 2]], "pard2": [[1, 3]]}},
+    ]
+    summary = interleaved.summarize(rounds, "none")
+    assert summary["pard2"]["median_ratio_vs_none"] == 1.5
+    assert summary["pard2"]["pooled_ratio_vs_none"] == 7.0 / 5.0
+    assert summary["pard2"]["identical_to_none"] is False and summary["none"]["identical_to_none"] is True
+    args = interleaved.parse_args(["--mode", "none,pard2,pard2_static:0", "--batch-sizes", "16,1"])
+    assert [m.label for m in args.methods] == ["none", "pard2 adaptive k<=8", "pard2 static k=0"]
+    assert args.batch_sizes == [1, 16]
+    for argv, message in ((["--mode", "pard2"], "must include none"), (["--mode", "none,pard3"], "unknown mode")):
+        with pytest.raises(SystemExit):
+            interleaved.parse_args(argv)
+        assert message in capsys.readouterr().err

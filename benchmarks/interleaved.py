@@ -1,0 +1,125 @@
+"""``python -m benchmarks.interleaved``: speed ratios on a drifting machine, engines side by side.
+
+``benchmarks.run`` measures one method's engine after the other; on a shared
+CPU whose speed drifts by tens of percent over minutes, a few-percent question
+(is a k = 0 step as cheap as plain decoding? is adaptive k within 5 % of the
+best static k?) drowns in that drift. Here every engine is started first, then
+they take turns: request by request for batch 1 (the order reversed on every
+other request), batch by batch for larger batches. A round is one pass over
+the prompts; the ratio to no speculation is taken per round, and the median
+over rounds is reported, with every engine's outputs checked token-identical
+to no speculation. Prompts are the main job's (``examples/offline_pard2.py``).
+
+    python -m benchmarks.interleaved --mode none,pard2,pard2_static:0,pard2_static:2,pard2_static:4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.inprocess import shutdown_engine, speculative_config, start_engine
+from benchmarks.run import _int_list, _methods
+
+ENGINE_KWARGS: dict[str, Any] = {
+    "dtype": "float32",
+    "kv_cache_memory_bytes": 64 << 20,
+    "max_model_len": 256,
+    "enforce_eager": True,
+    "seed": 0,
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.interleaved", description=__doc__.splitlines()[0])
+    p.add_argument("--mode", action="append", required=True, metavar="M[:K],...",
+                   help="methods as in benchmarks.run; must include none (the baseline)")  # fmt: skip
+    p.add_argument("-k", dest="k", type=int, default=8, help="drafts per step (default %(default)s)")
+    p.add_argument("--batch-sizes", default="1,16", help="default %(default)s")
+    p.add_argument("--num-prompts", type=int, default=16)
+    p.add_argument("--tokens", dest="max_tokens", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    args.server, args.para = None, True  # what benchmarks.run's mode parser reads
+    args.methods = _methods(args, p)
+    if "none" not in {m.name for m in args.methods}:
+        p.error("--mode must include none: ratios are to no speculation")
+    args.batch_sizes = _int_list(args.batch_sizes, "--batch-sizes", p)
+    if min(args.num_prompts, args.max_tokens, args.rounds) < 1:
+        p.error("--num-prompts, --tokens and --rounds must be positive")
+    return args
+
+
+def time_round(engines: dict[str, Any], batches: list[list[str]], params: Any, round_index: int) -> dict[str, Any]:
+    """One pass over ``batches`` with the engines taking turns; per engine its seconds and outputs."""
+    seconds = dict.fromkeys(engines, 0.0)
+    outputs: dict[str, list[list[int]]] = {name: [] for name in engines}
+    names = list(engines)
+    for i, batch in enumerate(batches):
+        for name in names if (i + round_index) % 2 == 0 else names[::-1]:
+            started = time.perf_counter()
+            results = engines[name].generate(batch, params, use_tqdm=False)
+            seconds[name] += time.perf_counter() - started
+            outputs[name] += [list(r.outputs[0].token_ids) for r in results]
+    return {"seconds": seconds, "outputs": outputs}
+
+
+def summarize(rounds: list[dict[str, Any]], baseline: str) -> dict[str, dict[str, Any]]:
+    """Per engine: median and pooled speed ratio to ``baseline``, seconds per round, losslessness."""
+    summary = {}
+    for name in rounds[0]["seconds"]:
+        base = [r["seconds"][baseline] for r in rounds]
+        own = [r["seconds"][name] for r in rounds]
+        summary[name] = {
+            "median_ratio_vs_none": statistics.median(b / o for b, o in zip(base, own, strict=True)),
+            "pooled_ratio_vs_none": sum(base) / sum(own),
+            "seconds_per_round": own,
+            "identical_to_none": all(r["outputs"][name] == r["outputs"][baseline] for r in rounds),
+        }
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from vllm import SamplingParams
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from offline_pard2 import embedded_pair, make_prompts
+
+    target, draft = embedded_pair()
+    prompts = make_prompts(args.num_prompts)
+    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
+    labels = {m.label: m for m in args.methods}
+    baseline = next(label for label, m in labels.items() if m.name == "none")
+    engines: dict[str, Any] = {}
+    try:
+        for label, method in labels.items():
+            engines[label] = start_engine(target, speculative_config(method, draft, None, None, args.k), ENGINE_KWARGS)
+            engines[label].generate(prompts[:1], params, use_tqdm=False)  # warm-up, not timed
+        report: dict[str, Any] = {"target": target, "draft": draft, "command": sys.argv, "batch_sizes": {}}
+        for batch_size in args.batch_sizes:
+            batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
+            rounds = [time_round(engines, batches, params, r) for r in range(args.rounds)]
+            summary = summarize(rounds, baseline)
+            report["batch_sizes"][str(batch_size)] = summary
+            print(f"\nbatch {batch_size}: {len(prompts)} prompts, {args.max_tokens} tokens, {args.rounds} rounds")
+            for label, row in summary.items():
+                print(f"  {label:<24} {row['median_ratio_vs_none']:.3f}x median "
+                      f"({row['pooled_ratio_vs_none']:.3f}x pooled)  identical: {row['identical_to_none']}")  # fmt: skip
+    finally:
+        for llm in engines.values():
+            shutdown_engine(llm)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
