@@ -26,14 +26,6 @@ from typing import Any
 from benchmarks.inprocess import shutdown_engine, speculative_config, start_engine
 from benchmarks.run import _int_list, _methods
 
-ENGINE_KWARGS: dict[str, Any] = {
-    "dtype": "float32",
-    "kv_cache_memory_bytes": 64 << 20,
-    "max_model_len": 256,
-    "enforce_eager": True,
-    "seed": 0,
-}
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.interleaved", description=__doc__.splitlines()[0])
@@ -90,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     from vllm import SamplingParams
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-    from offline_pard2 import embedded_pair, make_prompts
+    from offline_pard2 import ENGINE_KWARGS, embedded_pair, make_prompts  # the main job's engine settings
 
+    engine_kwargs = {
+        key: value for key, value in ENGINE_KWARGS.items() if key != "disable_log_stats"
+    }  # start_engine sets it
     target, draft = embedded_pair()
     prompts = make_prompts(args.num_prompts)
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
@@ -100,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     engines: dict[str, Any] = {}
     try:
         for label, method in labels.items():
-            engines[label] = start_engine(target, speculative_config(method, draft, None, None, args.k), ENGINE_KWARGS)
+            spec = speculative_config(method, draft, None, None, args.k)
+            engines[label] = start_engine(target, spec, engine_kwargs)
             engines[label].generate(prompts[:1], params, use_tqdm=False)  # warm-up, not timed
         report: dict[str, Any] = {"target": target, "draft": draft, "command": sys.argv, "batch_sizes": {}}
         for batch_size in args.batch_sizes:
