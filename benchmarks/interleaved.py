@@ -84,9 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
     from offline_pard2 import ENGINE_KWARGS, embedded_pair, make_prompts  # the main job's engine settings
 
-    engine_kwargs = {
-        key: value for key, value in ENGINE_KWARGS.items() if key != "disable_log_stats"
-    }  # start_engine sets it
+    # start_engine sets disable_log_stats itself
+    engine_kwargs = {key: value for key, value in ENGINE_KWARGS.items() if key != "disable_log_stats"}
     target, draft = embedded_pair()
     prompts = make_prompts(args.num_prompts)
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)

@@ -146,7 +146,6 @@ class AdaptiveK:
         self._run_kind: str | None = None
         self._run_bucket: BucketCosts | None = None
         self._decision_before_probe = self.k_max
-        self._probe_bucket: BucketCosts | None = None
         self._verified: dict[tuple[int, int], int] = {}  # (drafts, accepted) -> request-steps, this step
 
     def choose(self, batch_size: int) -> int:
@@ -159,7 +158,7 @@ class AdaptiveK:
         if self._run_bucket is not bucket:
             # A run (exploration, dwell, probe) belongs to its bucket: a batch of
             # another size ends it, and gets its own bucket's decision at once.
-            self._run_left, self._run_kind, self._probe_bucket = 0, None, None
+            self._run_left, self._run_kind = 0, None
         if self._run_left > 0:
             self._run_left -= 1
             return self._run_k
@@ -175,7 +174,7 @@ class AdaptiveK:
         if bucket.decision is None:
             bucket.decision = self.decision  # a new bucket starts from the last one's k
         self.decision = bucket.decision
-        if finished_kind == "probe" and self._probe_bucket is bucket:
+        if finished_kind == "probe":  # runs end with their bucket, so the probe was this one's
             self._after_probe(bucket, rates)
         # Ends this bucket knows only from a donor bucket or from its cold exploration
         # run are measured once, soon, before the decision is trusted (and before it
@@ -201,7 +200,7 @@ class AdaptiveK:
             target = cold[0] if cold else (self.k_max if bucket.decision < self.k_max else 0)
             if target > 0 or cold or rates[bucket.decision] < rates[0] * self.settings.probe_gain_limit:
                 self.probes += 1
-                self._decision_before_probe, self._probe_bucket = bucket.decision, bucket
+                self._decision_before_probe = bucket.decision
                 # Two steps: the first verifies the old k's drafts (a transition), the
                 # second is a clean sample of the probed k's cost; the drafts of K
                 # verified in the second (and the step after) observe every position.
@@ -230,7 +229,6 @@ class AdaptiveK:
         bucket.probe_interval = (
             min(2 * bucket.probe_interval, s.probe_max_interval) if confirmed else s.probe_min_interval
         )
-        self._probe_bucket = None
 
     def _start_run(self, bucket: BucketCosts, k: int, kind: str, steps: int) -> int:
         self._run_bucket, self._run_k, self._run_kind, self._run_left = bucket, k, kind, steps - 1
