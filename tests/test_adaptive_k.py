@@ -190,6 +190,27 @@ def test_a_borrowed_cost_curve_is_checked_soon() -> None:
         assert trace.ks[40:].count(0) / 80 > 0.95, (seed, trace.ks)
 
 
+def test_a_draining_batch_does_not_probe_the_buckets_it_passes() -> None:
+    """Batches of 16 that drain one request per step (an offline batch whose requests
+    finish at different steps), on a compute-bound target where drafting loses at every
+    batch size. The buckets of the drain (15 down to 1) borrow the batch-16 curve: a
+    smaller batch's drafting costs at most that, so they start at k = 0 and do not
+    spend K steps measuring an end in the few steps the drain spends in them (the main
+    job's batch-16 run lost about 7 % to those probes)."""
+
+    def batch(step: int) -> int:
+        phase = step % 40
+        return 16 if phase < 24 else 40 - phase
+
+    engine = Engine(compute_bound, drafter, lambda step: [0.7] * K, noise=0.05)
+    for seed in range(3):
+        ctrl = controller()
+        trace = simulate(ctrl, engine, batch=batch, steps=120, seed=seed)
+        drain = [k for step, k in enumerate(trace.ks) if batch(step) < 16]
+        assert K not in drain, (seed, trace.ks)
+        assert drain.count(0) / len(drain) > 0.9, (seed, drain)
+
+
 def test_each_bucket_resumes_its_own_k_when_the_batch_size_returns() -> None:
     """Batches of 1 and 16 in turns (an offline job's batches, then single requests):
     once both buckets have decided, each phase starts at its own bucket's k, with no

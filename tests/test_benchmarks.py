@@ -259,6 +259,11 @@ def test_interleaved_ratios_per_round_and_argument_errors(capsys) -> None:
     assert summary["pard2"]["median_ratio_vs_none"] == 1.5
     assert summary["pard2"]["pooled_ratio_vs_none"] == 7.0 / 5.0
     assert summary["pard2"]["identical_to_none"] is False and summary["none"]["identical_to_none"] is True
+    orders = [interleaved.turn_order(["a", "b", "c"], turn) for turn in range(4)]
+    assert orders == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+    sequence = [name for order in orders for name in order]
+    assert all(x != y for x, y in zip(sequence[:-1], sequence[1:], strict=True)), "an engine ran twice in a row"
+    assert interleaved.turn_order(["a", "b"], 1) == ["a", "b"]
     args = interleaved.parse_args(["--mode", "none,pard2,pard2_static:0", "--batch-sizes", "16,1"])
     assert [m.label for m in args.methods] == ["none", "pard2 adaptive k<=8", "pard2 static k=0"]
     assert args.batch_sizes == [1, 16]
@@ -266,3 +271,22 @@ def test_interleaved_ratios_per_round_and_argument_errors(capsys) -> None:
         with pytest.raises(SystemExit):
             interleaved.parse_args(argv)
         assert message in capsys.readouterr().err
+
+
+def test_interleaved_recipe_dir_gives_each_objective_its_drafter(tmp_path, capsys) -> None:
+    """``--recipe-dir``: the recipe's target, and per method the drafter its objective
+    trained (the speed-up ordering AR < PARD < PARD-2); a drafter the run needs but the
+    directory lacks is an error before any engine starts."""
+    from benchmarks import interleaved
+
+    for name in ("target", "draft_ar", "draft_pard2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    args = interleaved.parse_args(["--recipe-dir", str(tmp_path), "--mode", "none,ar:4,pard2_static:4"])
+    embedded = ("embedded/target", "embedded/draft")
+    assert interleaved.models(args.recipe_dir, "ar", embedded) == (str(tmp_path / "target"), str(tmp_path / "draft_ar"))
+    assert interleaved.models(args.recipe_dir, "pard2_static", embedded)[1] == str(tmp_path / "draft_pard2")
+    assert interleaved.models(None, "ar", embedded) == embedded
+    with pytest.raises(SystemExit):
+        interleaved.parse_args(["--recipe-dir", str(tmp_path), "--mode", "none,pard:4"])
+    assert "lacks draft_pard" in capsys.readouterr().err

@@ -86,6 +86,9 @@ def test_cat_weights_hand_computed():
     # depth 0: 1 (0 on the ignored last label); depth 1 at j: p_j; depth 2 at j: p_{j-1} p_j
     expected = [1, 1, 1, 1, 0] + [0.5, 0.4, 0.3] + [0.5 * 0.4, 0.4 * 0.3]
     assert w.tolist() == pytest.approx(expected, rel=1e-6)
+    # option cat_weight_power: (prod p)^power, depth 0 still 1
+    tempered = cat_weights(layout, p.log(), labels, power=0.5)
+    assert tempered.tolist() == pytest.approx([x**0.5 for x in expected], rel=1e-6)
 
 
 def test_kd_term_hand_computed():
@@ -151,8 +154,12 @@ def test_config_validation_lists_every_problem(tmp_path):
         config_from_dict({"objective": "pard", "output_dir": "o", "data": [], "para_nm": 4}, tmp_path)
     (tmp_path / "d.jsonl").write_text('{"text": "x = 1"}\n')
     with pytest.raises(TrainConfigError) as err:
-        config_from_dict({"objective": "pard2", "output_dir": "o", "data": "d.jsonl", "cod_ratio": 2}, tmp_path)
+        config_from_dict(
+            {"objective": "pard2", "output_dir": "o", "data": "d.jsonl", "cod_ratio": 2, "cat_weight_power": 0},
+            tmp_path,
+        )
     message = str(err.value)
+    assert "cat_weight_power: must be in (0, 1]" in message
     for fragment in ("target_model", "cod_ratio", "init_model / model"):
         assert fragment in message
 
@@ -162,8 +169,9 @@ def test_pard2_only_keys_are_an_error_for_other_objectives(tmp_path):
     (tmp_path / "d.jsonl").write_text('{"text": "x = 1"}\n')
     base = {"objective": "pard", "output_dir": "o", "data": "d.jsonl", "model": {}, "tokenizer": "t"}
     with pytest.raises(TrainConfigError) as err:
-        config_from_dict({**base, "cat_depth_norm": True, "cat_weighting": False}, tmp_path)
+        config_from_dict({**base, "cat_depth_norm": True, "cat_weighting": False, "cat_weight_power": 0.5}, tmp_path)
     assert "cat_depth_norm: only the pard2 objective uses it" in str(err.value)
+    assert "cat_weight_power: only the pard2 objective uses it" in str(err.value)
     assert "cat_weighting: only the pard2 objective uses it" in str(err.value)
     config_from_dict({**base, "cat_weighting": True}, tmp_path)  # the default value is harmless
 

@@ -25,13 +25,17 @@ each request's drafts and accepted drafts. From those:
   probing where drafting cannot pay costs less and less; a probe that changes
   it resets the interval. The interval is also at least what keeps a K probe's
   extra time within ``probe_budget`` (1 %) of the time between probes.
-- Cold ends: an end (0 or K) that a bucket knows only from a donor bucket's
-  curve, or only from the exploration run in the engine's first steps
+- Cold ends: an end (0 or K) that a bucket knows only from a smaller batch's
+  bucket, or only from the exploration run in the engine's first steps
   (allocator, caches and first-use kernels still warming up), is measured by a
   probe after ``cold_probe_interval`` steps, even when drafting is modelled to
   pay well. Otherwise a borrowed or warm-up cost that made k = 0 look slow (a
   batch-1 warm-up request, where drafting is nearly free, then a batch of 16)
-  would keep the controller drafting forever.
+  would keep the controller drafting forever. An end borrowed from a larger
+  batch's bucket waits for the bucket's probe interval: drafting costs a
+  smaller batch at most what it cost the larger one, and a batch draining
+  towards its last requests passes through such buckets in a few steps (a K
+  probe there cost the main job's batch-16 run about 7 %).
 """
 
 from __future__ import annotations
@@ -163,7 +167,7 @@ class AdaptiveK:
             self._run_left -= 1
             return self._run_k
         finished_kind, self._run_kind = self._run_kind, None
-        costs = self._costs(bucket)
+        costs, donor = self._costs(bucket)
         if costs is None:
             missing = self.k_max if self.k_max not in bucket.seconds else 0
             return self._start_run(bucket, missing, "explore", self.settings.run_steps)
@@ -176,11 +180,18 @@ class AdaptiveK:
         self.decision = bucket.decision
         if finished_kind == "probe":  # runs end with their bucket, so the probe was this one's
             self._after_probe(bucket, rates)
-        # Ends this bucket knows only from a donor bucket or from its cold exploration
-        # run are measured once, soon, before the decision is trusted (and before it
-        # moves on: a borrowed end keeps intermediate ks looking better than they are).
-        cold = sorted(({0, self.k_max} - set(bucket.seconds) | bucket.provisional) - {bucket.decision})
-        cold_due = bool(cold) and bucket.steps_since_probe >= min(
+        # Ends this bucket knows only from a smaller batch's bucket or from its cold
+        # exploration run are measured once, soon, before the decision is trusted (and
+        # before it moves on: a borrowed end keeps intermediate ks looking better than
+        # they are). Ends borrowed from a larger batch's bucket wait for the bucket's
+        # probe interval: drafting costs a smaller batch at most what it cost the
+        # larger one, and a draining batch passes through such buckets in a few steps.
+        borrowed = {0, self.k_max} - set(bucket.seconds)
+        soon = bucket.provisional | (borrowed if donor is not None and donor < self._key(bucket) else set())
+        # The ends to measure, those due soon first.
+        cold = sorted(soon - {bucket.decision}) + sorted((borrowed - soon) - {bucket.decision})
+        cold_soon = bool(soon - {bucket.decision})
+        cold_due = cold_soon and bucket.steps_since_probe >= min(
             bucket.probe_interval, self.settings.cold_probe_interval
         )
         if (
@@ -191,8 +202,10 @@ class AdaptiveK:
             bucket.decision = self.decision = best
             self.switches += 1
             return self._start_run(bucket, best, "dwell", self.settings.dwell_steps)
-        if cold:
+        if cold_soon:
             interval = min(bucket.probe_interval, self.settings.cold_probe_interval)
+        elif cold:
+            interval = bucket.probe_interval
         else:
             interval = max(bucket.probe_interval, self._budget_interval(bucket, costs))
         if bucket.steps_since_probe >= interval:
@@ -234,20 +247,24 @@ class AdaptiveK:
         self._run_bucket, self._run_k, self._run_kind, self._run_left = bucket, k, kind, steps - 1
         return k
 
-    def _costs(self, bucket: BucketCosts) -> list[float] | None:
-        """The bucket's step cost per k: its own curve once it has measured both ends;
-        until then the nearest bucket's curve that has (no exploration run per batch
-        size: an offline run drains through every bucket), its drafting cost doubled
-        per bucket up (safe: a bigger batch starts near k = 0, not at the small
-        batch's free K); None if no bucket has."""
+    def _costs(self, bucket: BucketCosts) -> tuple[list[float] | None, int | None]:
+        """(the bucket's step cost per k, the donor bucket's key or None). Its own curve
+        once it has measured both ends; until then the nearest bucket's curve that has
+        (no exploration run per batch size: an offline run drains through every
+        bucket), its drafting cost doubled per bucket up (safe: a bigger batch starts
+        near k = 0, not at the small batch's free K); None if no bucket has."""
         if bucket.has_ends(self.k_max):
-            return bucket.step_seconds(self.k_max)
-        key = next(key for key, b in self.buckets.items() if b is bucket)
+            return bucket.step_seconds(self.k_max), None
+        key = self._key(bucket)
         donors = [(abs(other - key), other) for other, b in self.buckets.items() if b.has_ends(self.k_max)]
         if not donors:
-            return None
+            return None, None
         donor = min(donors)[1]
-        return bucket.borrowed_seconds(self.buckets[donor], self.k_max, growth=2.0 ** max(key - donor, 0))
+        growth = 2.0 ** max(key - donor, 0)
+        return bucket.borrowed_seconds(self.buckets[donor], self.k_max, growth=growth), donor
+
+    def _key(self, bucket: BucketCosts) -> int:
+        return next(key for key, b in self.buckets.items() if b is bucket)
 
     def _bucket(self, batch_size: int) -> BucketCosts:
         key = batch_bucket(batch_size)

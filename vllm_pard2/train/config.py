@@ -27,6 +27,7 @@ PARD2_ONLY = (
     "kd_temperature",
     "cat_weighting",
     "cat_depth_norm",
+    "cat_weight_power",
     "pard2_target_layers",
     "pard2_scale",
     "pard2_proj_bias",
@@ -80,6 +81,7 @@ class TrainConfig:
     kd_temperature: float = 1.0
     cat_weighting: bool = True  # false: every valid row weighs 1 (ablation; the method uses CAT)
     cat_depth_norm: bool = False  # true: equal loss-weight mass per depth block (an option; not the method's rule)
+    cat_weight_power: float = 1.0  # < 1: tempered CAT weights (prod p)^power (an option; the method's rule is 1)
     pard2_target_layers: list[int] | None = None  # HF hidden_states indices, e.g. [-1, -8, -16, -24]
     pard2_scale: float = 0.02
     pard2_proj_bias: bool = False
@@ -150,6 +152,10 @@ def _problems(cfg: TrainConfig, base: Path) -> list[str]:
             or not all(isinstance(i, int) and not isinstance(i, bool) for i in cfg.pard2_target_layers)
         ):
             p.append("pard2_target_layers: a list of HF hidden_states indices such as [-1, -8], or null for TI-only")
+        if not (isinstance(cfg.cat_weight_power, (int, float)) and 0 < cfg.cat_weight_power <= 1):
+            p.append(
+                f"cat_weight_power: must be in (0, 1] (1 = the method's CAT weights), got {cfg.cat_weight_power!r}"
+            )
         if not 0 <= cfg.target_feat_mask < 1:
             p.append(f"target_feat_mask: drop probability in [0, 1), got {cfg.target_feat_mask!r}")
     return p

@@ -97,19 +97,24 @@ class BlockLayout:
         return (self.position - 1 - self.depth).clamp(min=-1)
 
 
-def cat_weights(layout: BlockLayout, token_logprob: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def cat_weights(
+    layout: BlockLayout, token_logprob: torch.Tensor, labels: torch.Tensor, power: float = 1.0
+) -> torch.Tensor:
     """CAT weights w(d, j) = prod_{t=j-d+1}^{j} p_t for each entry, 0 on ignored labels.
 
     ``token_logprob[t]`` = log P_target(x_t | x_<t) (entry 0 unused). The
     entry at (d, j) predicts x_{j+1} from x_0..x_{j-d}; it is only reached if
     the target would also have produced x_{j-d+1}..x_j. Constants: no grad.
+    ``power`` < 1 (option ``cat_weight_power``, not the method's rule) tempers
+    them to (prod p)^power: on greedy data a chain is reached when the drafter
+    agrees with the target's argmax, which happens more often than p says.
     """
     logp = token_logprob.detach().to(torch.float64).clone()
     logp[0] = 0.0
     prefix = torch.cumsum(logp, 0)  # prefix[t] = sum_{s=1}^{t} log p_s
     hi = layout.position.clamp(max=logp.numel() - 1)
     lo = (layout.position - layout.depth).clamp(min=0, max=logp.numel() - 1)
-    weights = torch.exp(prefix[hi] - prefix[lo])
+    weights = torch.exp(power * (prefix[hi] - prefix[lo]))
     weights = torch.where(layout.depth == 0, torch.ones_like(weights), weights)
     return torch.where(labels != IGNORE_INDEX, weights, torch.zeros_like(weights)).to(torch.float32)
 

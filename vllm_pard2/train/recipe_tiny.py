@@ -56,7 +56,7 @@ SHIPPED_FILES = (
 PATH_KEYS = ("output_dir", "tokenizer", "init_model", "target_model")  # relative to OUT; configs live in OUT/configs
 VOCAB_SIZE = 2048
 CORPUS_WINDOW = 256
-NUM_PROMPTS = 2000
+NUM_PROMPTS = 6000
 PROMPT_TOKENS = (16, 48)
 RESPONSE_TOKENS = 128
 SEQ_LEN = PROMPT_TOKENS[1] + RESPONSE_TOKENS
@@ -115,17 +115,17 @@ STAGE_CONFIGS = {
         loss_on_prompt=True,
         seq_len=CORPUS_WINDOW,
         batch_size=16,
-        steps=600,
+        steps=2000,
         lr=3.0e-3,
         warmup_steps=30,
         save_dtype=SAVE_DTYPE,
         save_every=100,
     ),
-    "draft_pard": dict(objective="pard", output_dir="draft_pard", steps=600, **PARALLEL_COMMON),
+    "draft_pard": dict(objective="pard", output_dir="draft_pard", steps=1500, **PARALLEL_COMMON),
     "draft_pard2": dict(
         objective="pard2",
         output_dir="draft_pard2",
-        steps=600,
+        steps=1500,
         target_model="target",
         ce_alpha=0.1,
         kd_alpha=1.0,
@@ -149,7 +149,8 @@ ABLATIONS = {
     "no_cat": dict(cat_weighting=False),  # every row weighs 1
     "no_kd": dict(kd_alpha=0.0, ce_alpha=1.0),  # CE on the data only
     "no_feat_mask": dict(target_feat_mask=0.0),  # features never dropped in training
-    "depth_norm": dict(cat_depth_norm=True),  # the option: equal weight mass per depth block
+    "depth_norm": dict(cat_depth_norm=True),  # an option: equal weight mass per depth block
+    "tempered": dict(cat_weight_power=0.5),  # an option: CAT weights (prod p)^0.5
 }
 
 

@@ -212,7 +212,7 @@ class Trainer:
             depth[b, :t], position[b, :t], feat_index[b, :t] = layout.depth, layout.position, layout.feature_index()
             if teacher is not None:
                 weights[b, :t] = (
-                    cat_weights(layout, token_logprob[b, :n], lab)
+                    cat_weights(layout, token_logprob[b, :n], lab, cfg.cat_weight_power)
                     if cfg.cat_weighting
                     else (lab != IGNORE_INDEX).float()
                 )
