@@ -37,6 +37,9 @@ from typing import Any
 from benchmarks.inprocess import shutdown_engine, speculative_config, start_engine
 from benchmarks.run import _int_list, _methods
 
+# The recipe_tiny stage that trained each method's drafter (``--recipe-dir``).
+RECIPE_DRAFTERS = {"ar": "draft_ar", "pard": "draft_pard", "pard2": "draft_pard2", "pard2_static": "draft_pard2"}
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.interleaved", description=__doc__.splitlines()[0])
@@ -63,9 +66,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if missing:
             p.error(f"--recipe-dir {args.recipe_dir} lacks {', '.join(missing)} (run recipe_tiny there first)")
     return args
-
-
-RECIPE_DRAFTERS = {"ar": "draft_ar", "pard": "draft_pard", "pard2": "draft_pard2", "pard2_static": "draft_pard2"}
 
 
 def models(recipe_dir: Path | None, method_name: str, embedded: tuple[str, str]) -> tuple[str, str]:

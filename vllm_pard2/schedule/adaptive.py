@@ -157,7 +157,7 @@ class AdaptiveK:
         return self.last_k
 
     def _choose(self, batch_size: int) -> int:
-        bucket = self._bucket(batch_size)
+        key, bucket = batch_bucket(batch_size), self._bucket(batch_size)
         bucket.steps_since_probe += 1
         if self._run_bucket is not bucket:
             # A run (exploration, dwell, probe) belongs to its bucket: a batch of
@@ -167,7 +167,7 @@ class AdaptiveK:
             self._run_left -= 1
             return self._run_k
         finished_kind, self._run_kind = self._run_kind, None
-        costs, donor = self._costs(bucket)
+        costs, donor = self._costs(bucket, key)
         if costs is None:
             missing = self.k_max if self.k_max not in bucket.seconds else 0
             return self._start_run(bucket, missing, "explore", self.settings.run_steps)
@@ -187,10 +187,10 @@ class AdaptiveK:
         # probe interval: drafting costs a smaller batch at most what it cost the
         # larger one, and a draining batch passes through such buckets in a few steps.
         borrowed = {0, self.k_max} - set(bucket.seconds)
-        soon = bucket.provisional | (borrowed if donor is not None and donor < self._key(bucket) else set())
-        # The ends to measure, those due soon first.
-        cold = sorted(soon - {bucket.decision}) + sorted((borrowed - soon) - {bucket.decision})
-        cold_soon = bool(soon - {bucket.decision})
+        soon = bucket.provisional | (borrowed if donor is not None and donor < key else set())
+        soon_ends = sorted(soon - {bucket.decision})
+        cold = soon_ends + sorted((borrowed - soon) - {bucket.decision})  # the ends to measure, soon ones first
+        cold_soon = bool(soon_ends)
         cold_due = cold_soon and bucket.steps_since_probe >= min(
             bucket.probe_interval, self.settings.cold_probe_interval
         )
@@ -247,24 +247,20 @@ class AdaptiveK:
         self._run_bucket, self._run_k, self._run_kind, self._run_left = bucket, k, kind, steps - 1
         return k
 
-    def _costs(self, bucket: BucketCosts) -> tuple[list[float] | None, int | None]:
-        """(the bucket's step cost per k, the donor bucket's key or None). Its own curve
-        once it has measured both ends; until then the nearest bucket's curve that has
-        (no exploration run per batch size: an offline run drains through every
-        bucket), its drafting cost doubled per bucket up (safe: a bigger batch starts
-        near k = 0, not at the small batch's free K); None if no bucket has."""
+    def _costs(self, bucket: BucketCosts, key: int) -> tuple[list[float] | None, int | None]:
+        """(step cost per k of ``bucket``, number ``key``; the donor bucket's key or None).
+        Its own curve once it has measured both ends; until then the nearest bucket's
+        curve that has (no exploration run per batch size: an offline run drains
+        through every bucket), its drafting cost doubled per bucket up (safe: a bigger
+        batch starts near k = 0, not at the small batch's free K); None if no bucket has."""
         if bucket.has_ends(self.k_max):
             return bucket.step_seconds(self.k_max), None
-        key = self._key(bucket)
         donors = [(abs(other - key), other) for other, b in self.buckets.items() if b.has_ends(self.k_max)]
         if not donors:
             return None, None
         donor = min(donors)[1]
         growth = 2.0 ** max(key - donor, 0)
         return bucket.borrowed_seconds(self.buckets[donor], self.k_max, growth=growth), donor
-
-    def _key(self, bucket: BucketCosts) -> int:
-        return next(key for key, b in self.buckets.items() if b is bucket)
 
     def _bucket(self, batch_size: int) -> BucketCosts:
         key = batch_bucket(batch_size)
