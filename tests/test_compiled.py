@@ -25,6 +25,7 @@ import os
 import pytest
 from test_lossless import SCENARIOS, assert_same_outputs, get_run
 
+from vllm_pard2.eager_padding import EXACT_LIMIT, padded_num_tokens
 from vllm_pard2.proposer.input_contract import ENV_VAR
 
 CASES = [(8, "draft_noisy", "input_ids"), (4, "draft_td", "inputs_embeds")]
@@ -83,6 +84,17 @@ def test_draft_inputs_keep_their_addresses(compiled_run):
     assert draft_input in watched, f"the compiled draft never received {draft_input}: {sorted(watched)}"
     assert len(watched[draft_input]) >= 5, "too few token counts to show anything"
     assert "positions" in watched
+
+
+def test_draft_forwards_run_at_padded_sizes(compiled_run):
+    """On CPU the draft's token counts above 16 are rounded up to a few sizes
+    (``vllm_pard2.eager_padding``), so each is warm after its first use; the
+    one exception is the profile run at the full token budget."""
+    (_, _, draft_input), _, report = compiled_run
+    sizes = {int(s) for module in report["modules"].values() for s in module.get(draft_input, {})}
+    odd = {s for s in sizes if padded_num_tokens(s, 1 << 30) != s}
+    assert odd <= {max(sizes)}, sorted(sizes)
+    assert any(s > EXACT_LIMIT for s in sizes - {max(sizes)}), sorted(sizes)
 
 
 def test_address_check_raises_on_a_moved_input(tmp_path):

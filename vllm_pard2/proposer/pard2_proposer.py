@@ -21,11 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 from typing_extensions import override
+from vllm.config import CUDAGraphMode
 from vllm.logger import init_logger
 from vllm.v1.sample.metadata import SamplingMetadata
 from vllm.v1.spec_decode.draft_model import DraftModelProposer
 
 from vllm_pard2.checkpoint import TARGET_DEPENDENT, find_projection_file, load_projection, read_pard2_spec
+from vllm_pard2.eager_padding import padded_num_tokens, pads_eager_forwards
 from vllm_pard2.proposer.catch_up import DraftLag, catch_up_slots, insert_rows, merged_slot_mapping, plan_catch_up
 from vllm_pard2.proposer.draft_probs import DraftProbs
 from vllm_pard2.proposer.fused_draft import FusedInputDraft
@@ -48,6 +50,7 @@ class Pard2Proposer(DraftModelProposer):
         super().__init__(vllm_config=vllm_config, device=device, runner=runner)
         self.runner = runner  # host copies of the batch: token ids, positions, request ids
         self.lag = DraftLag()  # requests whose draft KV k = 0 steps left behind
+        self.pads_eager_forwards = pads_eager_forwards()
         self.draft_probs = _make_draft_probs(self, device)
         self.target_dependent = getattr(self.speculative_config, "pard2_mode", None) == TARGET_DEPENDENT
         if not self.target_dependent:
@@ -104,6 +107,14 @@ class Pard2Proposer(DraftModelProposer):
         finally:
             self.extra_slots_per_request = self.net_num_new_slots_per_request = max_k
             self.num_speculative_tokens = max_k
+
+    @override
+    def _determine_batch_execution_and_padding(self, num_tokens: int, use_cudagraphs: bool = True):
+        """vLLM's choice, with eager CPU forwards padded to a few sizes (``eager_padding``)."""
+        mode, num_input_tokens, across_dp = super()._determine_batch_execution_and_padding(num_tokens, use_cudagraphs)
+        if self.pads_eager_forwards and mode == CUDAGraphMode.NONE and across_dp is None:
+            num_input_tokens = max(num_input_tokens, padded_num_tokens(num_tokens, self.max_num_tokens))
+        return mode, num_input_tokens, across_dp
 
     @override
     def _init_parallel_drafting_params(self) -> None:

@@ -25,11 +25,18 @@ each request's drafts and accepted drafts. From those:
   probing where drafting cannot pay costs less and less; a probe that changes
   it resets the interval. The interval is also at least what keeps a K probe's
   extra time within ``probe_budget`` (1 %) of the time between probes.
+- Cold samples: a k's first samples in a bucket pay first-use work (new tensor
+  shapes: oneDNN primitives on CPU, kernel selection on GPU; a bucket's first K
+  step at batch 16 measured 30 ms against 13 ms warm), and so do the
+  exploration run's (allocator and caches warming up). They are provisional:
+  the next sample of that k replaces them where it is faster, and a
+  provisional k other than the decision is probed again after
+  ``cold_probe_interval`` steps. Taken at face value, one cold K sample kept
+  the main job's batch of 16 at k = 0 for good (the probe budget then spaced
+  K probes hundreds of steps apart).
 - Cold ends: an end (0 or K) that a bucket knows only from a smaller batch's
-  bucket, or only from the exploration run in the engine's first steps
-  (allocator, caches and first-use kernels still warming up), is measured by a
-  probe after ``cold_probe_interval`` steps, even when drafting is modelled to
-  pay well. Otherwise a borrowed or warm-up cost that made k = 0 look slow (a
+  bucket, or only from provisional samples, is measured by a probe after
+  ``cold_probe_interval`` steps, even when drafting is modelled to pay well. Otherwise a borrowed or warm-up cost that made k = 0 look slow (a
   batch-1 warm-up request, where drafting is nearly free, then a batch of 16)
   would keep the controller drafting forever. An end borrowed from a larger
   batch's bucket waits for the bucket's probe interval: drafting costs a
@@ -87,7 +94,9 @@ class BucketCosts:
 
     def observe(self, k: int, seconds: float, decay: float, exploring: bool = False) -> None:
         old = self.seconds.get(k)
-        if exploring:
+        if exploring or old is None:
+            # A k's first samples in a bucket pay first-use work (new tensor shapes:
+            # oneDNN primitives on CPU, kernel selection on GPU): provisional.
             self.provisional.add(k)
         elif k in self.provisional:
             # Warm-up and stalls both only ever slow a step down: the first warm
