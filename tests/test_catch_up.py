@@ -74,6 +74,35 @@ def test_no_draft_fetch_after_a_k0_step():
     assert fetched == [1, 1]
 
 
+def test_drafts_that_came_with_the_output_need_no_fetch():
+    """A pard2 step's drafts travel inside its ModelRunnerOutput: the engine core hands
+    them to the scheduler itself (no RPC); a step whose output carries none (an
+    empty step) still fetches them, and with async scheduling vLLM's path stays."""
+    from types import SimpleNamespace
+
+    from vllm.v1.engine.core import EngineCore
+
+    from vllm_pard2 import patches
+
+    patches.apply_all()
+    fetched, handed = [], []
+    executor = SimpleNamespace(take_draft_token_ids=lambda: fetched.append(1))
+    scheduler = SimpleNamespace(pard2_last_step_k=2, update_draft_token_ids=handed.append,
+                                pard2_step_drafts=patches.StepDrafts("drafts of step 1"))  # fmt: skip
+    core = SimpleNamespace(check_for_draft_tokens=True, async_scheduling=False, batch_queue=None,
+                           model_executor=executor, scheduler=scheduler)  # fmt: skip
+    EngineCore.post_step(core, model_executed=True)
+    assert (fetched, handed, scheduler.pard2_step_drafts) == ([], ["drafts of step 1"], None)
+    scheduler.pard2_step_drafts = patches.StepDrafts(None)  # the runner had no drafts
+    EngineCore.post_step(core, model_executed=True)
+    assert (fetched, handed) == ([], ["drafts of step 1"])
+    EngineCore.post_step(core, model_executed=True)  # an output without drafts attached
+    assert fetched == [1]
+    scheduler.pard2_step_drafts, core.async_scheduling = patches.StepDrafts("unused"), True
+    EngineCore.post_step(core, model_executed=True)  # async: vLLM's own path (no fetch there)
+    assert (fetched, handed) == ([1], ["drafts of step 1"])
+
+
 def test_plain_k0_steps_bypass_vllms_draft_preparation():
     """A pard2 step that verifies no drafts and drafts none goes from the runner
     straight to the proposer's k = 0 bookkeeping; steps that verify drafts,
