@@ -24,7 +24,7 @@ them. Used on CPU without CUDA graphs only: graphs pad to their own sizes.
 
 from __future__ import annotations
 
-EXACT_LIMIT = 16  # counts up to here run as they are: padding 1 row to 8 costs a batch of 1 about 10 %
+EXACT_LIMIT = 16  # counts up to here run as they are: padding 1 row to 8 cost a batch of 1 about 8 %
 SMALL_STEP = 8
 SMALL_LIMIT = 64
 SIZES_PER_OCTAVE = 4

@@ -533,7 +533,9 @@ def patch_engine_core_post_step() -> None:
     which is all that ``update_draft_token_ids`` with empty drafts would do.
     (Near ``max_model_len`` vLLM's runner hands the scheduler K zero tokens
     instead of stale drafts; after a k = 0 step they are not fetched either,
-    and the next step drafts nothing to be rejected.)
+    and the next step drafts nothing to be rejected.) After a drafting step
+    whose output brought its drafts along (``patch_runner_sample_tokens_returns_drafts``)
+    hand those to the scheduler instead of fetching them.
     """
     from vllm.v1.engine.core import EngineCore
 

@@ -33,10 +33,11 @@ each request's drafts and accepted drafts. From those:
   provisional k other than the decision is probed again after
   ``cold_probe_interval`` steps. Taken at face value, one cold K sample kept
   the main job's batch of 16 at k = 0 for good (the probe budget then spaced
-  K probes hundreds of steps apart).
+  K probes more than a thousand steps apart).
 - Cold ends: an end (0 or K) that a bucket knows only from a smaller batch's
   bucket, or only from provisional samples, is measured by a probe after
-  ``cold_probe_interval`` steps, even when drafting is modelled to pay well. Otherwise a borrowed or warm-up cost that made k = 0 look slow (a
+  ``cold_probe_interval`` steps, even when drafting is modelled to pay well.
+  Otherwise a borrowed or warm-up cost that made k = 0 look slow (a
   batch-1 warm-up request, where drafting is nearly free, then a batch of 16)
   would keep the controller drafting forever. An end borrowed from a larger
   batch's bucket waits for the bucket's probe interval: drafting costs a
